@@ -1,0 +1,245 @@
+"""`pymlsql sandbox ...`: start, serve, stop, status, fault and log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import _control
+from ._hosts import HostError, find_sshd, full_fidelity
+from ._model import Timings
+from ._server import Sandbox
+
+_DEFAULTS = Timings()
+
+
+def add_commands(subparsers: Any) -> None:
+    """Adds the `sandbox` command and its subcommands to a parent argparse parser."""
+    sandbox = subparsers.add_parser(
+        "sandbox",
+        help="a local ECS endpoint whose instances are real OpenSSH servers",
+        description=(
+            "A local stand-in for Alibaba Cloud ECS: the ECS API over HTTP, signed requests "
+            "checked, and instances that are real OpenSSH sshd servers with their own "
+            "addresses, host keys, hostnames and disks."
+        ),
+    )
+    commands = sandbox.add_subparsers(dest="sandbox_command", metavar="COMMAND", required=True)
+
+    start = commands.add_parser(
+        "start",
+        help="start in the background and print `export` lines for the shell",
+        description='Starts a sandbox in the background. Use: eval "$(pymlsql sandbox start)"',
+    )
+    _state_dir_flag(start)
+    _serve_flags(start)
+
+    serve = commands.add_parser("serve", help="run in the foreground until interrupted")
+    _state_dir_flag(serve)
+    _serve_flags(serve)
+
+    stop = commands.add_parser("stop", help="release every instance and end every process")
+    _state_dir_flag(stop)
+
+    status = commands.add_parser("status", help="show whether it runs, and its instances")
+    _state_dir_flag(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    fault = commands.add_parser(
+        "fault",
+        help="inject faults: failing API calls, slow or dropped SSH, stuck instances",
+        description="Each option takes effect on the running sandbox at once.",
+    )
+    _state_dir_flag(fault)
+    fault.add_argument("--action", help="ECS action whose next calls fail (e.g. RunInstances, or * for any)")
+    fault.add_argument("--code", default="ServiceUnavailable", help="error code to answer (default %(default)s)")
+    fault.add_argument("--status", type=int, default=503, help="HTTP status to answer (default %(default)s)")
+    fault.add_argument("--count", type=int, default=1, help="how many calls fail (default %(default)s)")
+    fault.add_argument("--message", help="error message to answer")
+    fault.add_argument("--ssh-delay", type=float, metavar="SECONDS",
+                       help="SSH of instances started from now on comes up this much later")  # fmt: skip
+    fault.add_argument("--stuck", metavar="STATUS", choices=["Pending", "Starting", "Stopping", ""],
+                       help="new instances never leave this status ('' to undo)")  # fmt: skip
+    fault.add_argument("--kill-ssh", metavar="INSTANCE_ID",
+                       help="kill its sshd and every session; it comes back after the boot delay")  # fmt: skip
+    fault.add_argument("--rotate-host-key", metavar="INSTANCE_ID",
+                       help="drop its sshd and sessions; it comes back with new host keys")  # fmt: skip
+    fault.add_argument("--clear", action="store_true", help="remove every pending fault")
+
+    log = commands.add_parser("log", help="every API request, and per-instance event times")
+    _state_dir_flag(log)
+    log.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="where the sandbox keeps its files (default ~/.pymlsql/sandbox)"
+    )
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
+    parser.add_argument("--region", default="cn-hangzhou", help="region to report (default %(default)s)")
+    for name, default in (
+        ("pending", _DEFAULTS.pending),
+        ("starting", _DEFAULTS.starting),
+        ("stopping", _DEFAULTS.stopping),
+        ("boot", _DEFAULTS.boot),
+    ):
+        parser.add_argument(
+            f"--{name}-delay", type=float, default=default, metavar="SECONDS",
+            help=f"seconds {'SSH takes to come up after Running' if name == 'boot' else f'an instance stays {name.capitalize()}'} (default %(default)s)",
+        )  # fmt: skip
+    parser.add_argument(
+        "--auto-release-lead", type=float, default=_DEFAULTS.auto_release_lead, metavar="SECONDS",
+        help="how far ahead AutoReleaseTime must be, as ECS requires (default %(default)s)",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    state_dir = _control.state_dir_or_default(args.state_dir)
+    command = args.sandbox_command
+    if command in ("start", "serve"):
+        find_sshd()
+        if not full_fidelity():
+            print(
+                "pymlsql sandbox: not running as root, so instances are degraded: sshd runs as "
+                "you on a high port (tag pymlsql:ssh-port) and files and users are shared.",
+                file=sys.stderr,
+            )
+    if command == "start":
+        info, started = _control.start(state_dir, port=args.port, serve_args=_serve_args(args))
+        sys.stdout.write(_control.exports(info))
+        verb = "started" if started else "already running"
+        print(f"pymlsql sandbox: {verb} at {info['endpoint']} (state dir {state_dir})", file=sys.stderr)
+        return 0
+    if command == "serve":
+        return _serve(args, state_dir)
+    if command == "stop":
+        stopped = _control.stop(state_dir)
+        print(f"pymlsql sandbox: {'stopped' if stopped else 'not running'} ({state_dir})", file=sys.stderr)
+        return 0
+    info = _control.read_server(state_dir)
+    if info is None:
+        if command == "status":
+            print(f"pymlsql sandbox: not running ({state_dir})")
+            return 3
+        raise _control.SandboxControlError(
+            f"no sandbox runs for {state_dir}.\nHint: start one with `pymlsql sandbox start`."
+        )
+    if command == "status":
+        return _print_status(_control.call(info, "status"), args.json)
+    if command == "fault":
+        return _fault(info, args)
+    if command == "log":
+        return _print_log(_control.call(info, "log"), args.json)
+    raise AssertionError(command)
+
+
+def _serve_args(args: argparse.Namespace) -> list[str]:
+    return [
+        "--region", args.region,
+        "--pending-delay", str(args.pending_delay),
+        "--starting-delay", str(args.starting_delay),
+        "--stopping-delay", str(args.stopping_delay),
+        "--boot-delay", str(args.boot_delay),
+        "--auto-release-lead", str(args.auto_release_lead),
+    ]  # fmt: skip
+
+
+def _serve(args: argparse.Namespace, state_dir: Path) -> int:
+    if _control.read_server(state_dir) is not None:
+        raise _control.SandboxControlError(
+            f"a sandbox already runs for {state_dir}.\n"
+            "Hint: stop it with `pymlsql sandbox stop`, or pass another --state-dir."
+        )
+    _control.cleanup(state_dir)
+    timings = Timings(
+        pending=args.pending_delay,
+        starting=args.starting_delay,
+        stopping=args.stopping_delay,
+        boot=args.boot_delay,
+        auto_release_lead=args.auto_release_lead,
+    )
+    sandbox = Sandbox(state_dir, port=args.port, region_id=args.region, timings=timings).start()
+
+    def close(signum: int, frame: object) -> None:
+        sandbox.close()
+
+    signal.signal(signal.SIGTERM, close)
+    signal.signal(signal.SIGINT, close)
+    info = _control.read_server(state_dir)
+    assert info is not None
+    sys.stdout.write(_control.exports(info))
+    sys.stdout.flush()
+    print(f"pymlsql sandbox: serving at {sandbox.endpoint}; Ctrl-C to stop", file=sys.stderr)
+    sandbox.wait()
+    return 0
+
+
+def _fault(info: dict[str, Any], args: argparse.Namespace) -> int:
+    order: dict[str, Any] = {}
+    if args.clear:
+        order["clear"] = True
+    if args.action:
+        order.update(action=args.action, code=args.code, status=args.status, count=args.count)
+        if args.message:
+            order["message"] = args.message
+    if args.ssh_delay is not None:
+        order["ssh_delay"] = args.ssh_delay
+    if args.stuck is not None:
+        order["stuck"] = args.stuck
+    if args.kill_ssh:
+        order["kill_ssh"] = args.kill_ssh
+    if args.rotate_host_key:
+        order["rotate_host_key"] = args.rotate_host_key
+    if not order:
+        raise _control.SandboxControlError(
+            "no fault given.\nHint: see `pymlsql sandbox fault --help` for the options."
+        )
+    _control.call(info, "fault", order)
+    return 0
+
+
+def _print_status(status: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return 0
+    mode = "full fidelity (root)" if status["full_fidelity"] else "degraded (not root)"
+    print(f"running at {status['endpoint']} (pid {status['pid']}, {mode})")
+    print(f"state dir {status['state_dir']}, region {status['region_id']}")
+    for instance in status["instances"]:
+        ssh = "ssh ready" if instance["SshReady"] else "no ssh"
+        public = instance["PublicIpAddress"] or "-"
+        print(f"{instance['InstanceId']}  {instance['Status']:<8}  {instance['PrivateIpAddress']:<15}  {public:<15}  {ssh}")
+    return 0
+
+
+def _print_log(log: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(log, indent=2))
+        return 0
+    for entry in log["requests"]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+        print(f"{stamp}  {entry['action']:<28} {entry['code']}")
+    for instance_id, events in log["instances"].items():
+        times = ", ".join(f"{name} {time.strftime('%H:%M:%S', time.localtime(at))}" for name, at in events.items())
+        print(f"{instance_id}: {times}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pymlsql_magics.sandbox COMMAND`, the same as `pymlsql sandbox COMMAND`."""
+    parser = argparse.ArgumentParser(prog="pymlsql")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sandbox", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except (_control.SandboxControlError, HostError) as error:
+        print(f"pymlsql: error: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,385 @@
+"""The machines behind sandbox instances: one real OpenSSH sshd per Running instance.
+
+As root, each instance boots in its own mount, UTS and PID namespaces: an overlay over /etc
+(so `useradd` on one instance is not seen on another), bind mounts of its own /root, /home and
+/tmp, a private /run, its own hostname, and sshd as PID 1 listening on port 22 of the
+instance's own loopback addresses. Killing that PID 1 ends every process of the instance, which
+is how stop, reboot and the fault injections end it. The disk is a folder that survives stops.
+
+Without root it degrades: sshd runs as the current user on a high port of the instance's
+address (reported as tag `pymlsql:ssh-port`), and files, users and hostnames are shared.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _cloudinit
+
+SSHD = "/usr/sbin/sshd"
+INSIDE_DISK = "/run/pymlsql-disk"
+_DISK_MARKER = "PYMLSQL_SANDBOX_DISK"
+
+
+class HostError(RuntimeError):
+    """The machine of an instance could not be booted."""
+
+
+def full_fidelity() -> bool:
+    return os.geteuid() == 0
+
+
+def find_sshd() -> str:
+    path = shutil.which("sshd") or (SSHD if os.path.exists(SSHD) else None)
+    if not path:
+        raise HostError(
+            "OpenSSH's sshd is not installed; the sandbox's instances are real sshd servers.\n"
+            "Hint: install it with `apt-get install -y openssh-server`."
+        )
+    return path
+
+
+@dataclass
+class BootSpec:
+    instance_id: str
+    hostname: str
+    addresses: list[str]
+    ssh_port: int
+    image_users: tuple[str, ...] = ()
+    authorized_key: str | None = None
+    user_data: bytes | None = None
+    boot_delay: float = 1.0
+    new_host_keys: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Machine:
+    process: subprocess.Popen[bytes]
+    init_pid: int | None
+    generation: int
+
+
+class Hosts:
+    """Boots, halts and reaches the machines of one sandbox."""
+
+    def __init__(self, state_dir: Path, on_ssh_ready: Callable[[str, int], None]) -> None:
+        self.root = state_dir / "instances"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.full = full_fidelity()
+        self.sshd = find_sshd()
+        self._on_ssh_ready = on_ssh_ready
+        self._machines: dict[str, _Machine] = {}
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def disk(self, instance_id: str) -> Path:
+        return self.root / instance_id
+
+    def console(self, instance_id: str) -> bytes:
+        path = self.disk(instance_id) / "console.log"
+        return path.read_bytes() if path.exists() else b""
+
+    def boot(self, spec: BootSpec) -> None:
+        """Starts the instance's machine; `on_ssh_ready` is called once sshd answers."""
+        disk = self.disk(spec.instance_id)
+        first_boot = not (disk / "booted").exists()
+        if first_boot:
+            self._format(disk)
+        script = self._boot_script(spec, disk, first_boot)
+        (disk / "boot.sh").write_text(script)
+        console = open(disk / "console.log", "ab")
+        if self.full:
+            command = [
+                "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
+                "/bin/sh", str(disk / "boot.sh"),
+            ]  # fmt: skip
+        else:
+            command = ["/bin/sh", str(disk / "boot.sh")]
+        with console:
+            process = subprocess.Popen(
+                command,
+                env={**os.environ, _DISK_MARKER: str(disk)},
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        init_pid = self._namespace_init(process) if self.full else process.pid
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._machines[spec.instance_id] = _Machine(process, init_pid, generation)
+        (disk / "pids").write_text(f"{process.pid} {init_pid or ''}\n")
+        threading.Thread(
+            target=self._watch_ssh,
+            args=(spec, generation),
+            name=f"ssh-probe-{spec.instance_id}",
+            daemon=True,
+        ).start()
+
+    def halt(self, instance_id: str) -> None:
+        """Ends every process of the instance at once, as pulling the power would."""
+        with self._lock:
+            machine = self._machines.pop(instance_id, None)
+        if machine is None:
+            return
+        for pid in (machine.init_pid, machine.process.pid):
+            if pid:
+                try:
+                    if not self.full:
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        machine.process.wait()
+        pids = self.disk(instance_id) / "pids"
+        pids.unlink(missing_ok=True)
+
+    def running(self, instance_id: str) -> bool:
+        with self._lock:
+            machine = self._machines.get(instance_id)
+        return machine is not None and machine.process.poll() is None
+
+    def destroy(self, instance_id: str) -> None:
+        self.halt(instance_id)
+        shutil.rmtree(self.disk(instance_id), ignore_errors=True)
+
+    def halt_all(self) -> None:
+        with self._lock:
+            ids = list(self._machines)
+        for instance_id in ids:
+            self.halt(instance_id)
+
+    def run(
+        self, instance_id: str, script: str, *, user: str, workdir: str, timeout: float
+    ) -> tuple[int | None, bytes, bool]:
+        """Runs a shell script inside the instance, as Cloud Assistant does.
+
+        Returns (exit code, output, timed out).
+        """
+        with self._lock:
+            machine = self._machines.get(instance_id)
+        if machine is None:
+            raise HostError(f"{instance_id} is not running")
+        if self.full:
+            inner = ["/bin/sh", "-s"] if user == "root" else ["runuser", "-u", user, "--", "/bin/sh", "-s"]
+            command = [
+                "nsenter", "-t", str(machine.init_pid), "-m", "-u", "-p", f"--wd={workdir}",
+                "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                f"HOME={'/root' if user == 'root' else '/home/' + user}", f"USER={user}", *inner,
+            ]  # fmt: skip
+            cwd = None
+        else:
+            command, cwd = ["/bin/sh", "-s"], str(self.disk(instance_id))
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            output, _ = process.communicate(script.encode(), timeout=timeout)
+            return process.returncode, output, False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            return None, output, True
+
+    @staticmethod
+    def _format(disk: Path) -> None:
+        for name, mode in (("root", 0o700), ("home", 0o755), ("tmp", 0o1777), ("etc-upper", 0o755),
+                           ("etc-work", 0o755), ("cloud", 0o700)):  # fmt: skip
+            path = disk / name
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(mode)
+        skeleton = Path("/etc/skel")
+        if skeleton.is_dir():
+            for item in skeleton.iterdir():
+                if item.is_file():
+                    shutil.copy2(item, disk / "root" / item.name)
+
+    def _boot_script(self, spec: BootSpec, disk: Path, first_boot: bool) -> str:
+        q = shlex.quote
+        outside = disk
+        steps = ["set -e", f"echo '[sandbox] booting {spec.instance_id} ({spec.hostname})'"]
+        if self.full:
+            # The state dir may lie under /root, /home or /tmp, which the instance covers with its
+            # own: reach the disk through a bind mount under the instance's private /run instead.
+            outside = disk
+            disk = Path(INSIDE_DISK)
+            steps += [
+                "mount --make-rprivate /",
+                "mount -t tmpfs -o mode=755 tmpfs /run",
+                f"mkdir -p /run/sshd {INSIDE_DISK}",
+                f"mount --bind {q(str(outside))} {INSIDE_DISK}",
+                f"mount -t overlay overlay -o lowerdir=/etc,upperdir={INSIDE_DISK}/etc-upper,"
+                f"workdir={INSIDE_DISK}/etc-work /etc",
+                f"mount --bind {INSIDE_DISK}/root /root",
+                f"mount --bind {INSIDE_DISK}/home /home",
+                f"mount --bind {INSIDE_DISK}/tmp /tmp",
+                f"hostname {q(spec.hostname)}",
+            ]
+        host_keys_dir = "/etc/ssh" if self.full else str(disk / "etc-upper")
+        boot = _cloudinit.FirstBoot()
+        if first_boot:
+            boot = _cloudinit.plan(spec.user_data, outside / "cloud", inside=disk / "cloud")
+            if self.full:
+                steps += [
+                    f"echo {q(spec.hostname)} > /etc/hostname",
+                    f"printf '127.0.1.1 %s\\n' {q(spec.hostname)} >> /etc/hosts",
+                    "rm -f /etc/ssh/ssh_host_*",  # the image's keys are not the instance's
+                ]
+                for user in spec.image_users:
+                    steps.append(f"id {q(user)} >/dev/null 2>&1 || useradd -m -s /bin/bash {q(user)}")
+            keys = [key for key in [spec.authorized_key, *boot.root_keys] if key]
+            if keys:
+                ssh_dir = "/root/.ssh" if self.full else str(disk / "root" / ".ssh")
+                keys_text = "".join(key.strip() + "\n" for key in keys)
+                steps += [f"mkdir -p -m 700 {ssh_dir}", f"printf %s {q(keys_text)} >> {ssh_dir}/authorized_keys",
+                          f"chmod 600 {ssh_dir}/authorized_keys"]  # fmt: skip
+            steps += boot.init
+        if spec.new_host_keys:
+            steps.append(f"rm -f {host_keys_dir}/ssh_host_*")
+        (outside / "sshd_config").write_text(self._sshd_config(spec, disk))
+        config = disk / "sshd_config"
+        steps += self._host_key_steps(host_keys_dir, q(str(config)), announce=not spec.new_host_keys)
+        steps.append(f"touch {q(str(disk / 'booted'))}")
+        if spec.boot_delay > 0:
+            steps.append(f"sleep {spec.boot_delay:.3f}")
+        if boot.final:
+            (outside / "cloud" / "final.sh").write_text("\n".join(["set -x", *boot.final, ""]))
+            steps.append(f"setsid /bin/sh {q(str(disk / 'cloud' / 'final.sh'))} </dev/null &")
+        steps.append(f"exec {q(self.sshd)} -D -e -f {q(str(config))}")
+        return "\n".join(steps) + "\n"
+
+    @staticmethod
+    def _host_key_steps(directory: str, config: str, *, announce: bool) -> list[str]:
+        # ECDSA and Ed25519 only: an RSA host key takes about a second of CPU per instance, and a
+        # key supplied through cloud-config's ssh_keys (RSA included) is kept and served.
+        generate = " ; ".join(
+            f"[ -f {directory}/ssh_host_{kind}_key ] || ssh-keygen -q -N '' -t {kind} "
+            f"-f {directory}/ssh_host_{kind}_key"
+            for kind in ("ecdsa", "ed25519")
+        )
+        serve = f'for k in {directory}/ssh_host_*_key; do echo "HostKey $k" >> {config}; done'
+        steps = [generate, serve]
+        if announce:
+            # cloud-init prints the host keys on the serial console so they can be pinned.
+            steps += [
+                "echo '-----BEGIN SSH HOST KEY FINGERPRINTS-----'",
+                f"for k in {directory}/ssh_host_*_key.pub; do ssh-keygen -l -f \"$k\"; done",
+                "echo '-----END SSH HOST KEY FINGERPRINTS-----'",
+                "echo '-----BEGIN SSH HOST KEY KEYS-----'",
+                f"cat {directory}/ssh_host_*_key.pub",
+                "echo '-----END SSH HOST KEY KEYS-----'",
+            ]
+        return steps
+
+    def _sshd_config(self, spec: BootSpec, disk: Path) -> str:
+        lines = [f"ListenAddress {address}:{spec.ssh_port}" for address in spec.addresses]
+        lines += [
+            "PidFile none",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "Subsystem sftp internal-sftp",
+            "AcceptEnv LANG LC_*",
+            "MaxStartups 100:30:200",
+            "MaxSessions 64",
+        ]
+        if self.full:
+            lines += ["PermitRootLogin prohibit-password", "UsePAM yes"]
+        else:
+            lines += [
+                f"AuthorizedKeysFile {disk / 'root' / '.ssh' / 'authorized_keys'}",
+                "UsePAM no",
+                "StrictModes no",
+            ]
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _namespace_init(process: subprocess.Popen[bytes]) -> int | None:
+        """The PID (as seen here) of the namespace's PID 1, the child `unshare --fork` made."""
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                text = children.read_text().split()
+            except FileNotFoundError:
+                return None
+            if text:
+                return int(text[0])
+            if process.poll() is not None:
+                return None
+            time.sleep(0.005)
+        return None
+
+    def _watch_ssh(self, spec: BootSpec, generation: int) -> None:
+        address = spec.addresses[0]
+        while True:
+            with self._lock:
+                machine = self._machines.get(spec.instance_id)
+            if machine is None or machine.generation != generation or machine.process.poll() is not None:
+                return
+            if _answers_ssh(address, spec.ssh_port):
+                self._on_ssh_ready(spec.instance_id, generation)
+                return
+            time.sleep(0.05)
+
+    def generation(self, instance_id: str) -> int | None:
+        with self._lock:
+            machine = self._machines.get(instance_id)
+        return machine.generation if machine else None
+
+
+def _answers_ssh(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5) as connection:
+            connection.settimeout(2)
+            return connection.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def kill_leftovers(state_dir: Path) -> int:
+    """Kills machines recorded in `state_dir` whose server died without halting them."""
+    killed = 0
+    for pids in (state_dir / "instances").glob("*/pids"):
+        for pid in pids.read_text().split():
+            try:
+                if _runs_disk(int(pid), pids.parent):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed += 1
+            except (OSError, ValueError):
+                pass
+        pids.unlink(missing_ok=True)
+    return killed
+
+
+def _runs_disk(pid: int, disk: Path) -> bool:
+    """Whether `pid` still is a machine of `disk`: a recorded PID may have been reused since.
+
+    `unshare` keeps the marker in its environment; sshd overwrites its environment with its
+    process title, but its mount namespace still has the disk bind-mounted.
+    """
+    proc = Path(f"/proc/{pid}")
+    try:
+        if f"{_DISK_MARKER}={disk}".encode() in (proc / "environ").read_bytes():
+            return True
+        return disk.name in (proc / "mountinfo").read_text()
+    except OSError:
+        return False

@@ -1,0 +1,348 @@
+"""The sandbox's resources and their timed lifecycle.
+
+Every state change that takes time on Alibaba Cloud takes time here too: a scheduler thread
+moves instances Pending -> Starting -> Running and Running -> Stopping -> Stopped after the
+configured delays, boots the instance's machine when it reaches Running and halts it when it
+starts stopping. One lock guards all resources; machines are booted and halted outside it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+import string
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._catalog import IMAGES
+from ._hosts import BootSpec, Hosts
+
+
+ANY_REGION = "*"  # the default security group serves every region
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds each transition takes; `auto_release_lead` is how far ahead AutoReleaseTime must be."""
+
+    pending: float = 1.0
+    starting: float = 1.0
+    stopping: float = 1.0
+    boot: float = 1.0
+    auto_release_lead: float = 30 * 60
+
+
+@dataclass
+class Instance:
+    instance_id: str
+    region_id: str
+    zone_id: str
+    name: str
+    hostname: str
+    description: str
+    image_id: str
+    instance_type: str
+    security_group_ids: list[str]
+    vswitch_id: str
+    key_pair_name: str
+    private_ip: str
+    bandwidth_out: int
+    ssh_port: int
+    user_data: bytes | None
+    spot_strategy: str
+    charge_type: str
+    system_disk_category: str
+    system_disk_size: int
+    tags: dict[str, str]
+    status: str = "Pending"
+    public_ip: str = ""
+    creation_time: float = field(default_factory=time.time)
+    start_time: float | None = None
+    auto_release_time: float | None = None
+    boot_delay: float = 1.0
+    stuck: str | None = None
+    # Bumped on every operation so a transition scheduled by an older one is ignored.
+    operation: int = 0
+    new_host_keys: bool = False
+    events: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class KeyPair:
+    name: str
+    key_pair_id: str
+    fingerprint: str
+    public_key: str
+    region_id: str
+    creation_time: float = field(default_factory=time.time)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SecurityGroup:
+    security_group_id: str
+    name: str
+    description: str
+    region_id: str
+    vpc_id: str
+    group_type: str = "normal"
+    creation_time: float = field(default_factory=time.time)
+    tags: dict[str, str] = field(default_factory=dict)
+    permissions: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Invocation:
+    invoke_id: str
+    command_id: str
+    name: str
+    command_type: str
+    content: str
+    region_id: str
+    timeout: int
+    workdir: str
+    username: str
+    creation_time: float = field(default_factory=time.time)
+    # instance id -> {"status", "exit_code", "output", "start", "finish", "error_code", "error_info"}
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Fault:
+    code: str
+    status: int
+    count: int
+    message: str | None = None
+
+
+def new_id(prefix: str, length: int = 20) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+class Scheduler:
+    """Runs callbacks at given monotonic times on one thread, in time order."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._counter = itertools.count()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="sandbox-scheduler", daemon=True)
+        self._thread.start()
+
+    def after(self, delay: float, callback: Callable[[], None]) -> None:
+        with self._wake:
+            heapq.heappush(self._queue, (time.monotonic() + delay, next(self._counter), callback))
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and (
+                    not self._queue or self._queue[0][0] > time.monotonic()
+                ):
+                    timeout = self._queue[0][0] - time.monotonic() if self._queue else None
+                    self._wake.wait(timeout)
+                if self._closed:
+                    return
+                _, _, callback = heapq.heappop(self._queue)
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - one bad transition must not stop the clock
+                traceback.print_exc()
+
+
+class World:
+    """All resources of one sandbox, and the lifecycle that moves them."""
+
+    def __init__(self, hosts: Hosts, network: int, timings: Timings) -> None:
+        self.hosts = hosts
+        self.network = network
+        self.timings = timings
+        self.lock = threading.RLock()
+        self.instances: dict[str, Instance] = {}
+        self.key_pairs: dict[tuple[str, str], KeyPair] = {}
+        self.security_groups: dict[str, SecurityGroup] = {}
+        self.invocations: dict[str, Invocation] = {}
+        self.client_tokens: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]] = {}
+        self.faults: dict[str, list[Fault]] = {}
+        self.nonces: dict[str, float] = {}
+        self.ssh_delay = 0.0
+        self.stuck: str | None = None
+        self.requests: list[dict[str, Any]] = []
+        self.released: dict[str, dict[str, float]] = {}
+        self._address_counter = itertools.count()
+        self.scheduler = Scheduler()
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def allocate_private_ip(self) -> str:
+        n = next(self._address_counter)
+        return f"127.{self.network}.{n // 250}.{n % 250 + 2}"
+
+    @staticmethod
+    def public_ip_for(private_ip: str) -> str:
+        first, second, third, fourth = private_ip.split(".")
+        return f"{first}.{second}.{int(third) + 128}.{fourth}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def add(self, instance: Instance, *, start: bool) -> None:
+        """Registers a new instance in Pending; it then starts, or stops if `start` is false."""
+        instance.boot_delay = self.timings.boot + self.ssh_delay
+        instance.stuck = self.stuck
+        instance.events["created_at"] = instance.creation_time
+        self.instances[instance.instance_id] = instance
+        after_pending = "Starting" if start else "Stopped"
+        self._schedule(instance, self.timings.pending, "Pending", after_pending)
+        if instance.auto_release_time is not None:
+            delay = max(0.0, instance.auto_release_time - time.time())
+            self.scheduler.after(delay, lambda: self._auto_release(instance.instance_id))
+
+    def start(self, instance: Instance) -> None:
+        self._enter(instance, "Starting")
+        instance.boot_delay = self.timings.boot + self.ssh_delay
+        self._schedule(instance, self.timings.starting, "Starting", "Running")
+
+    def stop(self, instance: Instance) -> None:
+        self._enter(instance, "Stopping")
+        self._outside_lock(lambda: self.hosts.halt(instance.instance_id))
+        self._schedule(instance, self.timings.stopping, "Stopping", "Stopped")
+
+    def reboot(self, instance: Instance) -> None:
+        self._enter(instance, "Starting")
+        self._outside_lock(lambda: self.hosts.halt(instance.instance_id))
+        self._schedule(instance, self.timings.starting, "Starting", "Running")
+
+    def release(self, instance: Instance) -> None:
+        instance.operation += 1
+        instance.events["released_at"] = time.time()
+        self.released[instance.instance_id] = dict(instance.events)
+        del self.instances[instance.instance_id]
+        self._outside_lock(lambda: self.hosts.destroy(instance.instance_id))
+
+    def drop_ssh(self, instance_id: str, *, new_host_keys: bool) -> None:
+        """Kills the machine (every session dies) and boots it again after the boot delay.
+
+        Call without holding the lock: it returns once the old sessions are dead.
+        """
+        with self.lock:
+            instance = self.instances.get(instance_id)
+            if instance is None:
+                return
+            instance.operation += 1
+            instance.new_host_keys = new_host_keys
+            instance.events.pop("ssh_ready_at", None)
+            operation = instance.operation
+        self.hosts.halt(instance_id)
+        with self.lock:
+            instance.events["ssh_dropped_at"] = time.time()
+        self.scheduler.after(0, lambda: self._boot_if_current(instance_id, operation))
+
+    def _enter(self, instance: Instance, status: str) -> None:
+        instance.operation += 1
+        instance.status = status
+        instance.events[f"{status.lower()}_at"] = time.time()
+
+    def _schedule(self, instance: Instance, delay: float, expected: str, following: str) -> None:
+        if instance.stuck == expected:
+            return
+        operation = instance.operation
+        instance_id = instance.instance_id
+
+        def advance() -> None:
+            with self.lock:
+                current = self.instances.get(instance_id)
+                if current is None or current.operation != operation or current.status != expected:
+                    return
+                self._enter(current, following)
+                if following == "Starting":
+                    self._schedule(current, self.timings.starting, "Starting", "Running")
+                elif following == "Running":
+                    current.start_time = time.time()
+                    operation_now = current.operation
+                else:
+                    return
+            if following == "Running":
+                self._boot_if_current(instance_id, operation_now)
+
+        self.scheduler.after(delay, advance)
+
+    def _boot_if_current(self, instance_id: str, operation: int) -> None:
+        with self.lock:
+            instance = self.instances.get(instance_id)
+            if instance is None or instance.operation != operation or instance.status != "Running":
+                return
+            addresses = [instance.private_ip] + ([instance.public_ip] if instance.public_ip else [])
+            key = self.key_pairs.get((instance.region_id, instance.key_pair_name))
+            spec = BootSpec(
+                instance_id=instance_id,
+                hostname=instance.hostname,
+                addresses=addresses,
+                ssh_port=instance.ssh_port,
+                image_users=IMAGES[instance.image_id].users,
+                authorized_key=key.public_key if key else None,
+                user_data=instance.user_data,
+                boot_delay=instance.boot_delay,
+                new_host_keys=instance.new_host_keys,
+            )
+            instance.new_host_keys = False
+        try:
+            self.hosts.boot(spec)
+        except Exception as exc:  # noqa: BLE001 - the console tells the user what went wrong
+            with open(self.hosts.disk(instance_id) / "console.log", "a") as console:
+                console.write(f"[sandbox] boot failed: {exc}\n")
+            raise
+
+    def ssh_ready(self, instance_id: str, generation: int) -> None:
+        with self.lock:
+            instance = self.instances.get(instance_id)
+            if instance is not None and self.hosts.generation(instance_id) == generation:
+                instance.events["ssh_ready_at"] = time.time()
+
+    def _auto_release(self, instance_id: str) -> None:
+        with self.lock:
+            instance = self.instances.get(instance_id)
+            if instance is not None and instance.auto_release_time is not None:
+                if instance.auto_release_time <= time.time() + 0.01:
+                    self.release(instance)
+
+    def _outside_lock(self, action: Callable[[], None]) -> None:
+        # Halting waits for processes to die; the scheduler thread does it so API calls
+        # holding the lock stay fast.
+        self.scheduler.after(0, action)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def take_fault(self, action: str) -> Fault | None:
+        with self.lock:
+            queue = self.faults.get(action) or self.faults.get("*")
+            if not queue:
+                return None
+            fault = queue[0]
+            fault.count -= 1
+            if fault.count <= 0:
+                queue.pop(0)
+            return fault
+
+    def close(self) -> None:
+        with self.lock:
+            ids = list(self.instances)
+            for instance_id in ids:
+                self.instances[instance_id].operation += 1
+        self.scheduler.close()
+        for instance_id in ids:
+            self.hosts.destroy(instance_id)
+        self.hosts.halt_all()
