@@ -9,6 +9,7 @@ from . import __version__
 from .sandbox import _cli as sandbox_cli
 from .sandbox._control import SandboxControlError
 from .sandbox._hosts import HostError
+from .sandbox._server import SandboxBusyError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sandbox":
             return sandbox_cli.run(args)
-    except (SandboxControlError, HostError) as error:
+    except (SandboxControlError, SandboxBusyError, HostError) as error:
         if args.debug:
             raise
         print(f"pymlsql: error: {error}", file=sys.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 from . import _control
 from ._hosts import HostError, find_sshd, full_fidelity
 from ._model import Timings
-from ._server import Sandbox
+from ._server import Sandbox, SandboxBusyError
 
 _DEFAULTS = Timings()
 
@@ -158,7 +158,6 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
             f"a sandbox already runs for {state_dir}.\n"
             "Hint: stop it with `pymlsql sandbox stop`, or pass another --state-dir."
         )
-    _control.cleanup(state_dir)
     timings = Timings(
         pending=args.pending_delay,
         starting=args.starting_delay,
@@ -240,6 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["sandbox", *(sys.argv[1:] if argv is None else argv)])
     try:
         return run(args)
-    except (_control.SandboxControlError, HostError) as error:
+    except (_control.SandboxControlError, SandboxBusyError, HostError) as error:
         print(f"pymlsql: error: {error}", file=sys.stderr)
         return 1

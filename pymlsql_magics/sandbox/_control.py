@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._hosts import kill_leftovers
-from ._server import CONTROL_KEY_HEADER, default_state_dir
+from ._server import CONTROL_KEY_HEADER, process_alive, default_state_dir
 
 
 class SandboxControlError(RuntimeError):
@@ -33,7 +33,8 @@ def read_server(state_dir: Path) -> dict[str, Any] | None:
         credentials = json.loads((state_dir / "credentials.json").read_text())
     except (FileNotFoundError, ValueError):
         return None
-    if not _alive(int(info.get("pid", 0))):
+    pid = int(info.get("pid", 0))
+    if pid <= 0 or not process_alive(pid):
         return None
     return {**info, **credentials}
 
@@ -61,7 +62,6 @@ def start(
         return running, False
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
-    cleanup(state_dir)
     command = [sys.executable, "-m", "pymlsql_magics.sandbox", "serve", "--state-dir", str(state_dir),
                "--port", str(port), *(serve_args or [])]  # fmt: skip
     with open(state_dir / "server.log", "ab") as log:
@@ -100,9 +100,9 @@ def stop(state_dir: Path, *, timeout: float = 30.0) -> bool:
     except SandboxControlError:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(pid):
+    if process_alive(pid):
         os.kill(pid, signal.SIGKILL)
     cleanup(state_dir)
     return True
@@ -137,21 +137,6 @@ def call(info: dict[str, Any], name: str, order: dict[str, Any] | None = None) -
         raise SandboxControlError(f"the sandbox refused {name}: {detail or error}") from None
     except OSError as error:
         raise SandboxControlError(f"the sandbox at {info['endpoint']} did not answer: {error}") from None
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _tail(path: Path, lines: int = 20) -> str:

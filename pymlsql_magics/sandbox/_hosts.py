@@ -2,9 +2,10 @@
 
 As root, each instance boots in its own mount, UTS and PID namespaces: an overlay over /etc
 (so `useradd` on one instance is not seen on another), bind mounts of its own /root, /home and
-/tmp, a private /run, its own hostname, and sshd as PID 1 listening on port 22 of the
-instance's own loopback addresses. Killing that PID 1 ends every process of the instance, which
-is how stop, reboot and the fault injections end it. The disk is a folder that survives stops.
+/tmp, a private /run, its own hostname, and sshd listening on port 22 of the instance's own
+loopback addresses. The boot script stays PID 1; killing it ends every process of the instance,
+which is how stop, reboot and the fault injections end it, and it exits by itself when the
+sandbox's process ends. The disk is a folder that survives stops.
 
 Without root it degrades: sshd runs as the current user on a high port of the instance's
 address (reported as tag `pymlsql:ssh-port`), and files, users and hostnames are shared.
@@ -110,7 +111,7 @@ class Hosts:
             process = subprocess.Popen(
                 command,
                 env={**os.environ, _DISK_MARKER: str(disk)},
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -145,6 +146,8 @@ class Hosts:
                 except ProcessLookupError:
                     pass
         machine.process.wait()
+        if machine.process.stdin:
+            machine.process.stdin.close()
         pids = self.disk(instance_id) / "pids"
         pids.unlink(missing_ok=True)
 
@@ -264,7 +267,14 @@ class Hosts:
         if boot.final:
             (outside / "cloud" / "final.sh").write_text("\n".join(["set -x", *boot.final, ""]))
             steps.append(f"setsid /bin/sh {q(str(disk / 'cloud' / 'final.sh'))} </dev/null &")
-        steps.append(f"exec {q(self.sshd)} -D -e -f {q(str(config))}")
+        steps += [
+            f"{q(self.sshd)} -D -e -f {q(str(config))} &",
+            # The sandbox holds the other end of stdin: when its process ends, however it ends,
+            # read returns and this PID 1 exits, which ends every process of the instance.
+            "read _ || true",
+        ]
+        if not self.full:
+            steps.append("kill -KILL 0")
         return "\n".join(steps) + "\n"
 
     @staticmethod

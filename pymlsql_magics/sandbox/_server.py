@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import string
 import tempfile
 import threading
@@ -19,13 +20,17 @@ from urllib.parse import parse_qsl, urlsplit
 from . import _signature
 from ._actions import ACTIONS, Context
 from ._errors import ApiError
-from ._hosts import Hosts
+from ._hosts import Hosts, kill_leftovers
 from ._model import ANY_REGION, Fault, SecurityGroup, Timings, World
 from ._params import Params
 
 API_VERSION = "2014-05-26"
 CONTROL_KEY_HEADER = "x-sandbox-key"
 DEFAULT_REGION = "cn-hangzhou"
+
+
+class SandboxBusyError(RuntimeError):
+    """Another sandbox already runs for this state dir."""
 
 
 def default_state_dir() -> Path:
@@ -81,8 +86,10 @@ class Sandbox:
         }
 
     def start(self) -> Sandbox:
+        """Starts serving; raises SandboxBusyError if another sandbox runs for the same state dir."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
+        self._forget_dead_sandbox()
         self.access_key_id, self.access_key_secret = _credentials(self.state_dir)
         network, self._network_lock = _claim_network()
         hosts = Hosts(self.state_dir, on_ssh_ready=lambda *args: self.world.ssh_ready(*args))  # type: ignore[union-attr]
@@ -109,6 +116,21 @@ class Sandbox:
             ),
         )
         return self
+
+    def _forget_dead_sandbox(self) -> None:
+        try:
+            pid = int(json.loads((self.state_dir / "server.json").read_text())["pid"])
+        except (FileNotFoundError, ValueError, KeyError):
+            pid = 0
+        if pid and pid != os.getpid() and process_alive(pid):
+            raise SandboxBusyError(
+                f"a sandbox (pid {pid}) already runs for {self.state_dir}.\n"
+                "Hint: stop it with `pymlsql sandbox stop`, or use another state dir."
+            )
+        # Machines a killed sandbox left behind, and instances it never released.
+        kill_leftovers(self.state_dir)
+        shutil.rmtree(self.state_dir / "instances", ignore_errors=True)
+        (self.state_dir / "server.json").unlink(missing_ok=True)
 
     def wait(self) -> None:
         """Blocks until close() is called (from a signal handler or `/_sandbox/shutdown`)."""
@@ -383,3 +405,17 @@ def _claim_network() -> tuple[int, IO[str]]:
             continue
         return network, handle
     raise RuntimeError("every sandbox network 127.101-254.0.0/16 is in use; stop a sandbox first")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True

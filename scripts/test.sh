@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: pytest against the local sandbox (real sshd instances), and every runbook
+# in notebooks/ executed by nbval. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# The SDK sends every request through HTTP(S)_PROXY when set, even to the sandbox on loopback.
+unset HTTP_PROXY HTTPS_PROXY http_proxy https_proxy ALL_PROXY all_proxy
+exec .venv/bin/python -m pytest tests --nbval-lax notebooks/quickstart.ipynb "$@"
