@@ -10,19 +10,16 @@ import sys
 from pathlib import Path
 
 import nbformat
-from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 
 def main(source: str, target: str) -> int:
     notebook = nbformat.read(source, as_version=4)
-    # IPC keeps the kernel's messages off TCP ports: nothing else on the machine can read them.
-    kernel = KernelManager(kernel_name="python3", transport="ipc")
     client = NotebookClient(
         notebook,
-        km=kernel,
         timeout=900,
+        kernel_name="python3",
         resources={"metadata": {"path": str(Path(source).parent)}},
     )
     failed = False
