@@ -1,0 +1,83 @@
+"""Fixtures: a real sandbox (ECS API over HTTP, sshd instances) and the official SDK pointed at it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alibabacloud_ecs20140526 import models as ecs
+from alibabacloud_ecs20140526.client import Client
+
+from pymlsql_magics.sandbox import Sandbox, Timings
+
+from .helpers import new_client, unique
+
+FAST = Timings(pending=0.3, starting=0.3, stopping=0.3, boot=0.3, auto_release_lead=0)
+_USER_SETTINGS = (
+    "ALIBABA_CLOUD_ACCESS_KEY_ID",
+    "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+    "ALIBABA_CLOUD_SECURITY_TOKEN",
+    "ALIBABA_CLOUD_REGION_ID",
+    "ALIBABA_CLOUD_PROFILE",
+    "ALIBABA_CLOUD_CREDENTIALS_FILE",
+    "PYMLSQL_ECS_ENDPOINT",
+    "AK",
+    "AKS",
+    "MLSQL_KEY_PARE_NAME",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read the developer's settings, keys or proxies."""
+    for name in _USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path_factory.mktemp("sandbox"), timings=FAST).start() as running:
+        yield running
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Client:
+    return new_client(sandbox)
+
+
+@pytest.fixture
+def region(sandbox: Sandbox) -> str:
+    return sandbox.region_id
+
+
+@pytest.fixture
+def key_pair(client: Client, region: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A new key pair: its name, and its private key saved with mode 600."""
+    name = unique("key")
+    body = client.create_key_pair(ecs.CreateKeyPairRequest(region_id=region, key_pair_name=name)).body
+    path = tmp_path / name
+    path.write_text(body.private_key_body)
+    path.chmod(0o600)
+    yield name, path
+    client.delete_key_pairs(ecs.DeleteKeyPairsRequest(region_id=region, key_pair_names=json.dumps([name])))
+
+
+@pytest.fixture
+def launched(client: Client, region: str) -> Iterator[list[str]]:
+    """Instance ids a test adds here are force-released when it ends, whatever happened."""
+    ids: list[str] = []
+    yield ids
+    for instance_id in ids:
+        try:
+            client.delete_instance(ecs.DeleteInstanceRequest(instance_id=instance_id, force=True))
+        except Exception as error:  # noqa: BLE001 - released by the test itself
+            assert "InvalidInstanceId.NotFound" in str(error), error

@@ -1,0 +1,141 @@
+"""Helpers for tests: the official SDK, the OpenSSH client, and waiting without sleeping blindly."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alibabacloud_ecs20140526 import models as ecs
+from alibabacloud_ecs20140526.client import Client
+from alibabacloud_tea_openapi.models import Config
+
+from pymlsql_magics.sandbox import Sandbox
+
+T = TypeVar("T")
+_counter = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_counter)}"
+
+
+def new_client(sandbox: Sandbox, *, key_id: str | None = None, secret: str | None = None) -> Client:
+    """The official SDK client, configured as a user would for an HTTP endpoint."""
+    return Client(
+        Config(
+            access_key_id=key_id or sandbox.access_key_id,
+            access_key_secret=secret or sandbox.access_key_secret,
+            endpoint=sandbox.endpoint.removeprefix("http://"),
+            protocol="http",
+            region_id=sandbox.region_id,
+        )
+    )
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
+    """Polls `check` until it returns something truthy; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
+        time.sleep(interval)
+
+
+def describe(client: Client, region: str, ids: list[str]) -> list[Any]:
+    request = ecs.DescribeInstancesRequest(region_id=region, instance_ids=json.dumps(ids), page_size=100)
+    return client.describe_instances(request).body.instances.instance
+
+
+def statuses(client: Client, region: str, ids: list[str]) -> dict[str, str]:
+    return {item.instance_id: item.status for item in describe(client, region, ids)}
+
+
+def wait_status(client: Client, region: str, ids: list[str], status: str, timeout: float = 30) -> list[Any]:
+    def reached() -> list[Any] | None:
+        items = describe(client, region, ids)
+        return items if len(items) == len(ids) and all(i.status == status for i in items) else None
+
+    return wait_for(reached, timeout=timeout, interval=0.1, what=f"{ids} to be {status}")
+
+
+def run(
+    client: Client,
+    region: str,
+    *,
+    launched: list[str],
+    image_id: str = "debian_12_x64_20G_alibase_20240101.vhd",
+    instance_type: str = "ecs.g7.large",
+    **fields: Any,
+) -> list[str]:
+    """RunInstances through the SDK; the ids are recorded in `launched` for release."""
+    request = ecs.RunInstancesRequest(region_id=region, image_id=image_id, instance_type=instance_type, **fields)
+    ids = client.run_instances(request).body.instance_id_sets.instance_id_set
+    launched.extend(ids)
+    return ids
+
+
+def address(instance: Any, *, public: bool = False) -> str:
+    if public:
+        return instance.public_ip_address.ip_address[0]
+    return instance.vpc_attributes.private_ip_address.ip_address[0]
+
+
+def ssh_port(instance: Any) -> int:
+    tags = {tag.tag_key: tag.tag_value for tag in instance.tags.tag}
+    return int(tags.get("pymlsql:ssh-port", 22))
+
+
+def ssh(
+    host: str,
+    key: Path,
+    command: str,
+    *,
+    port: int = 22,
+    user: str = "root",
+    known_hosts: Path | None = None,
+    timeout: float = 30,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Runs `command` with the OpenSSH client; host keys are checked only if `known_hosts` is given."""
+    checking = (
+        ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}"]
+        if known_hosts
+        else ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    )
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+         "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", *checking, f"{user}@{host}", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+    )  # fmt: skip
+
+
+def wait_ssh(host: str, key: Path, *, port: int = 22, timeout: float = 30) -> None:
+    wait_for(
+        lambda: ssh(host, key, "true", port=port).returncode == 0,
+        timeout=timeout,
+        interval=0.1,
+        what=f"SSH on {host}:{port}",
+    )
+
+
+def api_error(call: Callable[[], Any]) -> Any:
+    """Runs an SDK call that must fail and returns the SDK's exception."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - the SDK's own exception types
+        if getattr(error, "code", None) is None:
+            raise
+        return error
+    raise AssertionError("the call succeeded, but an ECS error was expected")
