@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import getpass
 import hashlib
 import socket
 import threading
@@ -545,7 +546,9 @@ def _new_instance(ctx: Context, region: str, settings: dict[str, Any], index: in
         auto_release_time=settings["auto_release_time"],
     )
     if not ctx.world.hosts.full:
+        # Degraded: sshd runs as the sandbox's own user on a high port; clients honour these.
         instance.tags["pymlsql:ssh-port"] = str(instance.ssh_port)
+        instance.tags["pymlsql:ssh-user"] = getpass.getuser()
     return instance
 
 

@@ -397,7 +397,9 @@ def _claim_network() -> tuple[int, IO[str]]:
     except PermissionError:
         pass
     for network in range(101, 255):
-        handle = open(folder / f"127.{network}.lock", "a+")
+        # Read-only is enough for flock, and lets users share lock files another user created.
+        fd = os.open(folder / f"127.{network}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        handle = os.fdopen(fd)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
