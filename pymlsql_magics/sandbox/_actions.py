@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -360,7 +361,7 @@ def ImportKeyPair(ctx: Context, params: Params) -> dict[str, Any]:
     try:
         serialization.load_ssh_public_key(" ".join(parts[:2]).encode())
         well_formed = parts[0] in kinds
-    except (ValueError, IndexError, binascii.Error, TypeError):
+    except (ValueError, IndexError, binascii.Error, TypeError, UnsupportedAlgorithm):
         well_formed = False
     if not well_formed:
         raise ApiError("InvalidPublicKeyBody.Malformed")
@@ -625,7 +626,8 @@ def AllocatePublicIpAddress(ctx: Context, params: Params) -> dict[str, Any]:
     instance.public_ip = ctx.world.public_ip_for(instance.private_ip)
     if instance.status == "Running":
         # The running sshd must also answer on the new address: reboot its machine quietly.
-        ctx.world.scheduler.after(0, lambda: ctx.world.drop_ssh(instance.instance_id, new_host_keys=False))
+        instance_id = instance.instance_id
+        ctx.world.workers.submit(lambda: ctx.world.drop_ssh(instance_id, new_host_keys=False))
     return {"IpAddress": instance.public_ip}
 
 

@@ -81,6 +81,7 @@ class Hosts:
         self.sshd = find_sshd()
         self._on_ssh_ready = on_ssh_ready
         self._machines: dict[str, _Machine] = {}
+        self._instance_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._generation = 0
 
@@ -91,8 +92,17 @@ class Hosts:
         path = self.disk(instance_id) / "console.log"
         return path.read_bytes() if path.exists() else b""
 
+    def _serialized(self, instance_id: str) -> threading.Lock:
+        with self._lock:
+            return self._instance_locks.setdefault(instance_id, threading.Lock())
+
     def boot(self, spec: BootSpec) -> None:
         """Starts the instance's machine; `on_ssh_ready` is called once sshd answers."""
+        with self._serialized(spec.instance_id):
+            self._halt(spec.instance_id)
+            self._boot(spec)
+
+    def _boot(self, spec: BootSpec) -> None:
         disk = self.disk(spec.instance_id)
         first_boot = not (disk / "booted").exists()
         if first_boot:
@@ -132,6 +142,10 @@ class Hosts:
 
     def halt(self, instance_id: str) -> None:
         """Ends every process of the instance at once, as pulling the power would."""
+        with self._serialized(instance_id):
+            self._halt(instance_id)
+
+    def _halt(self, instance_id: str) -> None:
         with self._lock:
             machine = self._machines.pop(instance_id, None)
         if machine is None:
@@ -157,8 +171,11 @@ class Hosts:
         return machine is not None and machine.process.poll() is None
 
     def destroy(self, instance_id: str) -> None:
-        self.halt(instance_id)
-        shutil.rmtree(self.disk(instance_id), ignore_errors=True)
+        with self._serialized(instance_id):
+            self._halt(instance_id)
+            shutil.rmtree(self.disk(instance_id), ignore_errors=True)
+        with self._lock:
+            self._instance_locks.pop(instance_id, None)
 
     def halt_all(self) -> None:
         with self._lock:
@@ -263,7 +280,12 @@ class Hosts:
         steps += self._host_key_steps(host_keys_dir, q(str(config)), announce=not spec.new_host_keys)
         steps.append(f"touch {q(str(disk / 'booted'))}")
         if spec.boot_delay > 0:
-            steps.append(f"sleep {spec.boot_delay:.3f}")
+            # SSH comes up boot_delay after the machine started, however long the steps above took.
+            deadline = time.time() + spec.boot_delay
+            steps.append(
+                f"sleep $(awk -v end={deadline:.3f} -v now=$(date +%s.%N) "
+                "'BEGIN { left = end - now; if (left < 0) left = 0; printf \"%.3f\", left }')"
+            )
         if boot.final:
             (outside / "cloud" / "final.sh").write_text("\n".join(["set -x", *boot.final, ""]))
             steps.append(f"setsid /bin/sh {q(str(disk / 'cloud' / 'final.sh'))} </dev/null &")
