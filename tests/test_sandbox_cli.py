@@ -167,7 +167,8 @@ def test_fault_and_log_commands_drive_a_running_sandbox(state_dirs, tmp_path):
         "    except Exception as e:\n"
         "        print(e.code)\n"
     )
-    done = subprocess.run(["bash", "-c", f"{exports}\n{sys.executable} -c \"$PROBE\""], env={**os.environ, "PROBE": probe},
+    shell = f'{exports}\n{sys.executable} -c "$PROBE"'
+    done = subprocess.run(["bash", "-c", shell], env={**os.environ, "PROBE": probe},
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.stdout.split() == ["Throttling.User", "ok"], done.stderr
 
@@ -195,7 +196,8 @@ def test_serve_runs_in_the_foreground_until_interrupted(tmp_path):
     try:
         first = server.stdout.readline()
         assert first.startswith("export ALIBABA_CLOUD_ACCESS_KEY_ID=")
-        assert json.loads(pymlsql("sandbox", "status", "--state-dir", str(state_dir), "--json").stdout)["pid"] == server.pid
+        status = pymlsql("sandbox", "status", "--state-dir", str(state_dir), "--json").stdout
+        assert json.loads(status)["pid"] == server.pid
     finally:
         server.send_signal(2)
         server.communicate(timeout=30)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from alibabacloud_ecs20140526 import models as ecs
-from alibabacloud_tea_openapi.models import Config
 from alibabacloud_ecs20140526.client import Client
+from alibabacloud_tea_openapi.models import Config
 
 from .helpers import wait_for
 
@@ -58,7 +58,8 @@ def test_unprivileged_sandbox_serves_sshd_on_a_reported_port():
         exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines())
         client = Client(Config(access_key_id=exports["ALIBABA_CLOUD_ACCESS_KEY_ID"],
                                access_key_secret=exports["ALIBABA_CLOUD_ACCESS_KEY_SECRET"],
-                               endpoint=exports["PYMLSQL_ECS_ENDPOINT"].removeprefix("http://"), protocol="http"))  # fmt: skip
+                               endpoint=exports["PYMLSQL_ECS_ENDPOINT"].removeprefix("http://"),
+                               protocol="http"))  # fmt: skip
         region = exports["ALIBABA_CLOUD_REGION_ID"]
         ids = client.run_instances(ecs.RunInstancesRequest(
             region_id=region, image_id="debian_12_x64_20G_alibase_20240101.vhd", instance_type="ecs.g7.large",

@@ -29,7 +29,7 @@ def test_three_instances_are_isolated_openssh_servers_that_match_the_api(client,
 
     host_keys = [frozenset(_keyscan(address(i))) for i in instances]
     assert all(host_keys) and len(set(host_keys)) == 3
-    assert all(_keyscan(address(i, public=True)) == set(k) for i, k in zip(instances, host_keys))
+    assert all(_keyscan(address(i, public=True)) == set(k) for i, k in zip(instances, host_keys, strict=True))
 
     for instance in instances:
         marker = f"written on {instance.instance_id}"

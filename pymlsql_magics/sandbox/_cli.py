@@ -85,15 +85,15 @@ def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
     parser.add_argument("--region", default="cn-hangzhou", help="region to report (default %(default)s)")
-    for name, default in (
-        ("pending", _DEFAULTS.pending),
-        ("starting", _DEFAULTS.starting),
-        ("stopping", _DEFAULTS.stopping),
-        ("boot", _DEFAULTS.boot),
+    for name, default, meaning in (
+        ("pending", _DEFAULTS.pending, "an instance stays Pending"),
+        ("starting", _DEFAULTS.starting, "an instance stays Starting"),
+        ("stopping", _DEFAULTS.stopping, "an instance stays Stopping"),
+        ("boot", _DEFAULTS.boot, "SSH takes to come up after Running"),
     ):
         parser.add_argument(
             f"--{name}-delay", type=float, default=default, metavar="SECONDS",
-            help=f"seconds {'SSH takes to come up after Running' if name == 'boot' else f'an instance stays {name.capitalize()}'} (default %(default)s)",
+            help=f"seconds {meaning} (default %(default)s)",
         )  # fmt: skip
     parser.add_argument(
         "--auto-release-lead", type=float, default=_DEFAULTS.auto_release_lead, metavar="SECONDS",
@@ -215,7 +215,8 @@ def _print_status(status: dict[str, Any], as_json: bool) -> int:
     for instance in status["instances"]:
         ssh = "ssh ready" if instance["SshReady"] else "no ssh"
         public = instance["PublicIpAddress"] or "-"
-        print(f"{instance['InstanceId']}  {instance['Status']:<8}  {instance['PrivateIpAddress']:<15}  {public:<15}  {ssh}")
+        private = instance["PrivateIpAddress"]
+        print(f"{instance['InstanceId']}  {instance['Status']:<8}  {private:<15}  {public:<15}  {ssh}")
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._hosts import kill_leftovers
-from ._server import CONTROL_KEY_HEADER, process_alive, default_state_dir
+from ._server import CONTROL_KEY_HEADER, default_state_dir, process_alive
 
 
 class SandboxControlError(RuntimeError):

@@ -23,7 +23,6 @@ from typing import Any
 from ._catalog import IMAGES
 from ._hosts import BootSpec, Hosts
 
-
 ANY_REGION = "*"  # the default security group serves every region
 
 
