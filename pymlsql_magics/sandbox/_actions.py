@@ -1022,6 +1022,7 @@ def RunCommand(ctx: Context, params: Params) -> dict[str, Any]:
                 "InstanceNotRunning",
                 message=f"The Cloud Assistant agent on {instance.instance_id} is not running yet.",
             )
+    username = params.text("Username", "root") or "root"
     invocation = Invocation(
         invoke_id=new_id("t-", 20),
         command_id=new_id("c-", 20),
@@ -1030,8 +1031,8 @@ def RunCommand(ctx: Context, params: Params) -> dict[str, Any]:
         content=content,
         region_id=region,
         timeout=params.integer("Timeout", 60, low=1, high=86400) or 60,
-        workdir=params.text("WorkingDir", "/root") or "/root",
-        username=params.text("Username", "root") or "root",
+        workdir=params.text("WorkingDir") or ("/root" if username == "root" else f"/home/{username}"),
+        username=username,
     )
     for instance in instances:
         invocation.results[instance.instance_id] = {"status": "Running", "start": time.time()}

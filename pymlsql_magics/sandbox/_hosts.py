@@ -197,7 +197,7 @@ class Hosts:
         if self.full:
             inner = ["/bin/sh", "-s"] if user == "root" else ["runuser", "-u", user, "--", "/bin/sh", "-s"]
             command = [
-                "nsenter", "-t", str(machine.init_pid), "-m", "-u", "-p", f"--wd={workdir}",
+                "nsenter", "-t", str(machine.init_pid), "-m", "-u", "-p", f"--wdns={workdir}",
                 "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 f"HOME={'/root' if user == 'root' else '/home/' + user}", f"USER={user}", *inner,
             ]  # fmt: skip

@@ -11,6 +11,7 @@ import string
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -269,7 +270,13 @@ class Sandbox:
             if fault is not None:
                 raise ApiError(fault.code, status=fault.status, message=fault.message)
             with world.lock:
-                answer = handler(Context(world, host), Params(params))
+                try:
+                    answer = handler(Context(world, host), Params(params))
+                except ApiError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a sandbox bug still answers as ECS would
+                    traceback.print_exc()
+                    raise ApiError("InternalError") from exc
             status, body_out = 200, {"RequestId": request_id, **answer}
             code = "OK"
         except ApiError as error:
@@ -330,11 +337,12 @@ def _handler_for(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             if parts.path.startswith("/_sandbox/"):
                 self._control(parts.path[len("/_sandbox/") :], headers, body)
                 return
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
             if parts.path not in ("", "/"):
-                status, answer = 404, {"Code": "InvalidAction.NotFound", "Message": "Not found."}
-            else:
-                query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                status, answer = sandbox.handle_api(self.command, query, headers, body)
+                # RPC actions live on "/" only: any other path names no action.
+                headers["x-acs-action"] = ""
+                query.pop("Action", None)
+            status, answer = sandbox.handle_api(self.command, query, headers, body)
             self._send(status, answer)
 
         def _control(self, name: str, headers: dict[str, str], body: bytes) -> None:

@@ -2,7 +2,8 @@
 
 The SDK signs the canonical request built from the method, the path, the sorted RFC 3986-encoded
 query, every header it sent (named in SignedHeaders) and the SHA-256 of the body; the key is the
-AccessKey secret itself.
+AccessKey secret itself. Every `x-acs-*` header must be signed and a nonce is required, so a
+request can be neither replayed nor altered.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def verify(
     if headers.get("x-acs-content-sha256", payload_hash) != payload_hash:
         raise ApiError("SignatureDoesNotMatch")
     names = signed_names.split(";")
+    if any(name.startswith("x-acs-") and name not in names for name in headers):
+        raise ApiError("IncompleteSignature")
     canonical_headers = "".join(f"{name}:{headers.get(name, '').strip()}\n" for name in names)
     canonical_request = "\n".join(
         [method, path or "/", canonical_query(query), canonical_headers, signed_names, payload_hash]
@@ -81,13 +84,14 @@ def verify(
 
     _check_date(headers.get("x-acs-date"), now)
     nonce = headers.get("x-acs-signature-nonce")
-    if nonce:
-        for old, seen_at in list(seen_nonces.items()):
-            if now - seen_at > _CLOCK_SKEW:
-                del seen_nonces[old]
-        if nonce in seen_nonces:
-            raise ApiError("SignatureNonceUsed")
-        seen_nonces[nonce] = now
+    if not nonce:
+        raise missing("x-acs-signature-nonce")
+    for old, seen_at in list(seen_nonces.items()):
+        if now - seen_at > _CLOCK_SKEW:
+            del seen_nonces[old]
+    if nonce in seen_nonces:
+        raise ApiError("SignatureNonceUsed")
+    seen_nonces[nonce] = now
     return key_id
 
 
