@@ -5,20 +5,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
-  echo "setup: installing openssh-server (the sandbox's instances are real sshd servers)" >&2
+# Debian packages the sandbox and the tests use, by the command that shows each is there.
+missing=()
+for pair in /usr/sbin/sshd:openssh-server ssh:openssh-client ssh-keyscan:openssh-client \
+            unshare:util-linux nsenter:util-linux setpriv:util-linux pgrep:procps; do
+  command=${pair%%:*} package=${pair#*:}
+  if ! command -v "$command" >/dev/null 2>&1 && [ ! -x "$command" ]; then
+    missing+=("$package")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
   if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: sshd is missing; run as root or install it with: sudo apt-get install -y openssh-server" >&2
+    echo "setup: missing Debian packages: $packages; install them with: sudo apt-get install -y $packages" >&2
     exit 1
   fi
+  echo "setup: installing $packages(the sandbox's instances are real sshd servers)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends openssh-server openssh-client util-linux >/dev/null
-fi
-if ! command -v ssh >/dev/null 2>&1; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends openssh-client >/dev/null
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $packages >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
