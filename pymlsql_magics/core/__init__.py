@@ -1,0 +1,40 @@
+"""The core of pymlsql_magics: ECS operations, SSH, keys and configuration. Never imports IPython."""
+
+from ._config import EcsConfig
+from ._errors import (
+    ConfigError,
+    EcsApiError,
+    FleetError,
+    HostKeyMismatchError,
+    InstanceStateError,
+    PymlsqlError,
+    SshError,
+    WaitTimeoutError,
+)
+from ._fleet import CREATED_BY, NAME_TAG, Fleet
+from ._output import ConsoleSink, NullSink, OutputSink, StreamDecoder, StreamName
+from ._results import CopyResult, ExecResult, FleetResult, Instance
+
+__all__ = [
+    "CREATED_BY",
+    "NAME_TAG",
+    "ConfigError",
+    "ConsoleSink",
+    "CopyResult",
+    "EcsApiError",
+    "EcsConfig",
+    "ExecResult",
+    "Fleet",
+    "FleetError",
+    "FleetResult",
+    "HostKeyMismatchError",
+    "Instance",
+    "InstanceStateError",
+    "NullSink",
+    "OutputSink",
+    "PymlsqlError",
+    "SshError",
+    "StreamDecoder",
+    "StreamName",
+    "WaitTimeoutError",
+]

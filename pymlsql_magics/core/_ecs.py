@@ -1,0 +1,262 @@
+"""The ECS API through the official SDK: the only module that imports it.
+
+Throttling, 5xx answers and network failures are retried with exponential backoff and full
+jitter; every other error becomes an EcsApiError carrying Code, Message, RequestId and a hint.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from alibabacloud_credentials.client import Client as CredentialClient
+from alibabacloud_ecs20140526 import models as ecs
+from alibabacloud_ecs20140526.client import Client
+from alibabacloud_tea_openapi.models import Config
+from Tea.exceptions import TeaException
+
+from ._config import EcsConfig
+from ._errors import ConfigError, EcsApiError, InstanceStateError
+from ._results import Instance
+
+T = TypeVar("T")
+_BATCH = 100
+_RETRIED_CODES = ("Throttling", "ServiceUnavailable", "InternalError", "Throttling.User", "Throttling.Api",
+                  "Throttling.Resource", "OperationConflict", "LastTokenProcessing")  # fmt: skip
+_HINTS = {
+    "InvalidAccessKeyId.NotFound": "Check ALIBABA_CLOUD_ACCESS_KEY_ID (or AK): that AccessKey does not exist.",
+    "SignatureDoesNotMatch": "Check ALIBABA_CLOUD_ACCESS_KEY_SECRET (or AKS): it does not belong to that AccessKey.",
+    "InvalidImageId.NotFound": "Check the image id; list images with DescribeImages in this region.",
+    "InvalidInstanceId.NotFound": "Check the instance id and the region (--region / ALIBABA_CLOUD_REGION_ID).",
+    "InvalidKeyPairName.NotFound": "Create the key pair first, e.g. with --init-ssh-key true.",
+    "KeyPair.AlreadyExist": "Pick another key pair name, or reuse it with --init-ssh-key false.",
+    "InvalidSecurityGroupId.NotFound": "Check the security group id and the region.",
+    "InvalidVSwitchId.NotFound": "Check the vSwitch id and the zone.",
+    "InvalidInstanceType.ValueNotSupported": "Pick an instance type this zone offers (DescribeInstanceTypes).",
+    "InvalidRegionId.NotFound": "Check the region id (ALIBABA_CLOUD_REGION_ID).",
+    "OperationDenied.NoStock": "Pick another zone or instance type.",
+    "IncorrectInstanceStatus": "Wait until the instance is Running or Stopped, then try again.",
+    "InvalidUserData.SizeExceeded": "Keep user data under 16 KB; copy larger files after start instead.",
+    "Forbidden.RAM": "Grant this RAM user the ECS permission it needs.",
+    "QuotaExceed.ElasticQuota": "Raise the instance quota in the ECS console, or use fewer or smaller instances.",
+}
+
+
+class EcsClient:
+    """The ECS operations this project needs, over one SDK client."""
+
+    def __init__(
+        self,
+        config: EcsConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.region_id = config.region_id
+        self._sleep = sleep
+        self._jitter = jitter
+        self._client = Client(_sdk_config(config))
+
+    def __repr__(self) -> str:
+        return f"EcsClient(region_id={self.region_id!r}, endpoint={self.config.endpoint!r})"
+
+    # -- instances -------------------------------------------------------------------------
+
+    def run_instances(self, **fields: Any) -> list[str]:
+        """RunInstances with `fields` named as the SDK's RunInstancesRequest names them."""
+        tags = fields.pop("tags", None) or {}
+        disk_size, disk_category = fields.pop("system_disk_size", None), fields.pop("system_disk_category", None)
+        if disk_size or disk_category:
+            fields["system_disk"] = ecs.RunInstancesRequestSystemDisk(
+                size=str(disk_size) if disk_size else None, category=disk_category
+            )
+        request = ecs.RunInstancesRequest(
+            region_id=self.region_id,
+            tag=[ecs.RunInstancesRequestTag(key=key, value=value) for key, value in tags.items()] or None,
+            **{key: value for key, value in fields.items() if value is not None},
+        )
+        body = self._call("create instances", lambda: self._client.run_instances(request))
+        return list(body.instance_id_sets.instance_id_set)
+
+    def describe(
+        self, instance_ids: Sequence[str] | None = None, *, tags: Mapping[str, str] | None = None
+    ) -> list[Instance]:
+        """Every instance matching the ids and tags, over as many pages and calls as needed."""
+        if instance_ids is not None and not instance_ids:
+            return []
+        batches: Iterable[Sequence[str] | None] = (
+            [instance_ids[i : i + _BATCH] for i in range(0, len(instance_ids), _BATCH)]
+            if instance_ids is not None
+            else [None]
+        )
+        found: list[Instance] = []
+        tag_filter = [ecs.DescribeInstancesRequestTag(key=k, value=v) for k, v in (tags or {}).items()] or None
+        for batch in batches:
+            token: str | None = None
+            while True:
+                request = ecs.DescribeInstancesRequest(
+                    region_id=self.region_id,
+                    instance_ids=json.dumps(list(batch)) if batch is not None else None,
+                    tag=tag_filter,
+                    max_results=100,
+                    next_token=token,
+                )
+                body = self._call("describe instances", lambda r=request: self._client.describe_instances(r))
+                found += [_instance(item) for item in body.instances.instance or []]
+                token = body.next_token
+                if not token:
+                    break
+        return found
+
+    def start(self, instance_ids: Sequence[str]) -> None:
+        for batch in _batches(instance_ids):
+            request = ecs.StartInstancesRequest(region_id=self.region_id, instance_id=list(batch))
+            self._call("start instances", lambda r=request: self._client.start_instances(r))
+
+    def stop(self, instance_ids: Sequence[str]) -> None:
+        for batch in _batches(instance_ids):
+            request = ecs.StopInstancesRequest(region_id=self.region_id, instance_id=list(batch))
+            self._call("stop instances", lambda r=request: self._client.stop_instances(r))
+
+    def delete(self, instance_ids: Sequence[str], *, force: bool = True) -> None:
+        for batch in _batches(instance_ids):
+            request = ecs.DeleteInstancesRequest(region_id=self.region_id, instance_id=list(batch), force=force)
+            self._call("release instances", lambda r=request: self._client.delete_instances(r))
+
+    def console_output(self, instance_id: str) -> str:
+        request = ecs.GetInstanceConsoleOutputRequest(region_id=self.region_id, instance_id=instance_id)
+        body = self._call("read the console", lambda: self._client.get_instance_console_output(request))
+        return base64.b64decode(body.console_output or "").decode(errors="replace")
+
+    # -- key pairs -------------------------------------------------------------------------
+
+    def create_key_pair(self, name: str) -> str:
+        """Creates the key pair and returns its private key (ECS gives it out only once)."""
+        request = ecs.CreateKeyPairRequest(region_id=self.region_id, key_pair_name=name)
+        return str(self._call("create the key pair", lambda: self._client.create_key_pair(request)).private_key_body)
+
+    def import_key_pair(self, name: str, public_key: str) -> None:
+        request = ecs.ImportKeyPairRequest(region_id=self.region_id, key_pair_name=name, public_key_body=public_key)
+        self._call("import the key pair", lambda: self._client.import_key_pair(request))
+
+    def key_pair_public_key(self, name: str) -> str | None:
+        """The public key ECS holds for `name`, or None if there is no such key pair."""
+        request = ecs.DescribeKeyPairsRequest(region_id=self.region_id, key_pair_name=name, include_public_key=True)
+        body = self._call("describe key pairs", lambda: self._client.describe_key_pairs(request))
+        for pair in body.key_pairs.key_pair or []:
+            if pair.key_pair_name == name:
+                return str(pair.public_key or "")
+        return None
+
+    # -- the retry and translation boundary ------------------------------------------------
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return call().body
+            except TeaException as error:
+                code = error.code or ""
+                status = int(getattr(error, "status_code", 0) or (error.data or {}).get("statusCode") or 0)
+                retriable = not code or code in _RETRIED_CODES or code.startswith("Throttling") or status >= 500
+                if retriable and attempt < self.config.api_attempts:
+                    self._sleep(self._backoff(attempt))
+                    attempt += 1
+                    continue
+                raise _translate(what, error, attempts=attempt) from None
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter: a random wait up to an exponentially growing cap, so clients spread out.
+        return self._jitter() * min(20.0, 0.5 * 2 ** (attempt - 1))
+
+
+def _batches(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]
+
+
+def _sdk_config(config: EcsConfig) -> Config:
+    endpoint, protocol = config.endpoint, "https"
+    if endpoint and "://" in endpoint:
+        protocol, _, endpoint = endpoint.partition("://")
+    options: dict[str, Any] = {
+        "region_id": config.region_id,
+        "endpoint": endpoint.rstrip("/") if endpoint else None,
+        "protocol": protocol,
+        "connect_timeout": 10000,
+        "read_timeout": 60000,
+    }
+    if config.access_key_id:
+        options.update(
+            access_key_id=config.access_key_id,
+            access_key_secret=config.access_key_secret,
+            security_token=config.security_token,
+        )
+    elif config.credentials_source == "credential chain":
+        options["credential"] = CredentialClient()
+    else:
+        raise ConfigError(
+            "no Alibaba Cloud credentials found",
+            hint=(
+                "Set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, or configure the aliyun "
+                'CLI, or try everything locally first with: eval "$(pymlsql sandbox start)"'
+            ),
+        )
+    return Config(**options)
+
+
+def _translate(what: str, error: TeaException, *, attempts: int) -> EcsApiError:
+    data = error.data if isinstance(error.data, dict) else {}
+    code = error.code or ""
+    message = str(data.get("Message") or "")
+    request_id = str(data.get("RequestId") or getattr(error, "request_id", "") or "")
+    if not code:
+        # No answer at all: connection refused, a timeout, or credentials the chain could not find.
+        cause = getattr(error, "inner_exception", None) or error.message or error
+        return EcsApiError(
+            f"ECS could not {what}: no answer from the endpoint ({_short(cause)})"
+            + (f" after {attempts} attempts" if attempts > 1 else ""),
+            code="NoResponse",
+            hint="Check the endpoint (PYMLSQL_ECS_ENDPOINT), the network and the credentials.",
+        )
+    text = f"ECS could not {what}: {code}: {message or error.message}"
+    if attempts > 1:
+        text += f" (after {attempts} attempts)"
+    if request_id:
+        text += f" [RequestId {request_id}]"
+    kind = InstanceStateError if code.startswith("IncorrectInstanceStatus") else EcsApiError
+    return kind(text, code=code, api_message=message, request_id=request_id, hint=_HINTS.get(code))
+
+
+def _short(cause: object) -> str:
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return text[:200]
+
+
+def _instance(item: Any) -> Instance:
+    public = list(item.public_ip_address.ip_address or []) if item.public_ip_address else []
+    eip = item.eip_address.ip_address if item.eip_address and item.eip_address.ip_address else ""
+    private = []
+    if item.vpc_attributes and item.vpc_attributes.private_ip_address:
+        private = list(item.vpc_attributes.private_ip_address.ip_address or [])
+    if not private and item.inner_ip_address:
+        private = list(item.inner_ip_address.ip_address or [])
+    tags = {tag.tag_key: tag.tag_value or "" for tag in (item.tags.tag if item.tags else None) or []}
+    return Instance(
+        instance_id=item.instance_id,
+        status=item.status or "",
+        name=item.instance_name or "",
+        hostname=item.host_name or "",
+        private_ip=private[0] if private else "",
+        public_ip=public[0] if public else eip,
+        key_pair_name=item.key_pair_name or "",
+        image_id=item.image_id or "",
+        instance_type=item.instance_type or "",
+        zone_id=item.zone_id or "",
+        tags=MappingProxyType(tags),
+    )

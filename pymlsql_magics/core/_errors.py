@@ -1,0 +1,74 @@
+"""The one exception hierarchy of pymlsql_magics: each error says what happened and what to do."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._results import FleetResult
+
+
+class PymlsqlError(Exception):
+    """Base for every error raised on purpose by pymlsql_magics."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        return f"{message}\nHint: {self.hint}" if self.hint else message
+
+
+class ConfigError(PymlsqlError):
+    """Missing or contradictory settings."""
+
+    exit_code = 2
+
+
+class EcsApiError(PymlsqlError):
+    """The ECS API refused a call; carries its Code, Message and RequestId."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        api_message: str = "",
+        request_id: str = "",
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.api_message = api_message
+        self.request_id = request_id
+
+
+class InstanceStateError(EcsApiError):
+    """An instance is not in a status that allows the operation."""
+
+
+class SshError(PymlsqlError):
+    """SSH to an instance failed: connecting, authenticating, a host key, or a transfer."""
+
+    def __init__(self, message: str, *, host: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.host = host
+
+
+class HostKeyMismatchError(SshError):
+    """An instance presented a host key other than the one pinned for it."""
+
+
+class WaitTimeoutError(PymlsqlError):
+    """An instance never reached the wanted state in time."""
+
+
+class FleetError(PymlsqlError):
+    """Some instances failed; `.result` holds every instance's outcome."""
+
+    def __init__(self, message: str, *, result: FleetResult, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result

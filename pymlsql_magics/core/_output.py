@@ -1,0 +1,71 @@
+"""Where streamed output goes: an OutputSink, fed by decoders that never split a character."""
+
+from __future__ import annotations
+
+import codecs
+import sys
+import threading
+from typing import Literal, Protocol, TextIO
+
+StreamName = Literal["stdout", "stderr"]
+
+
+class OutputSink(Protocol):
+    """Receives output while scripts run; `source` is the instance id."""
+
+    def write(self, source: str, stream: StreamName, text: str) -> None: ...
+
+
+class NullSink:
+    def write(self, source: str, stream: StreamName, text: str) -> None:
+        pass
+
+
+class ConsoleSink:
+    """Writes each stream to the matching file, prefixed by the instance when there are many."""
+
+    def __init__(self, *, label: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+        self._files = {"stdout": stdout or sys.stdout, "stderr": stderr or sys.stderr}
+        self._label = label
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], str] = {}
+
+    def write(self, source: str, stream: StreamName, text: str) -> None:
+        target = self._files[stream]
+        with self._lock:
+            if not self._label:
+                target.write(text)
+                target.flush()
+                return
+            # Whole lines only, so lines of several instances never interleave mid-line.
+            buffered = self._pending.get((source, stream), "") + text
+            *lines, rest = buffered.split("\n")
+            self._pending[(source, stream)] = rest
+            for line in lines:
+                target.write(f"[{source}] {line}\n")
+            target.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            for (source, stream), rest in self._pending.items():
+                if rest:
+                    self._files[stream].write(f"[{source}] {rest}\n")
+            self._pending.clear()
+
+
+class StreamDecoder:
+    """Turns raw channel chunks into text without breaking multi-byte characters."""
+
+    def __init__(self, source: str, stream: StreamName, sink: OutputSink) -> None:
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self._source, self._stream, self._sink = source, stream, sink
+        self.parts: list[str] = []
+
+    def feed(self, chunk: bytes, *, final: bool = False) -> None:
+        if text := self._decode(chunk, final):
+            self.parts.append(text)
+            self._sink.write(self._source, self._stream, text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
