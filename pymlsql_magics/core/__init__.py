@@ -14,12 +14,14 @@ from ._errors import (
 from ._fleet import CREATED_BY, NAME_TAG, Fleet
 from ._output import ConsoleSink, NullSink, OutputSink, StreamDecoder, StreamName
 from ._results import CopyResult, ExecResult, FleetResult, Instance
+from ._transfer import CopyError
 
 __all__ = [
     "CREATED_BY",
     "NAME_TAG",
     "ConfigError",
     "ConsoleSink",
+    "CopyError",
     "CopyResult",
     "EcsApiError",
     "EcsConfig",

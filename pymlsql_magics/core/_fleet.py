@@ -17,8 +17,9 @@ from ._ecs import EcsClient
 from ._errors import ConfigError, FleetError, HostKeyMismatchError, PymlsqlError, SshError, WaitTimeoutError
 from ._keys import ensure_key_pair
 from ._output import NullSink, OutputSink
-from ._results import ExecResult, FleetResult, Instance
+from ._results import CopyResult, ExecResult, FleetResult, Instance
 from ._ssh import KnownHosts, SshConnection, load_private_key
+from ._transfer import download, upload
 
 CREATED_BY = "pymlsql:created-by"
 NAME_TAG = "pymlsql:name"
@@ -69,7 +70,7 @@ class Fleet:
         if missing:
             raise ConfigError(
                 f"no instance {', '.join(missing)} in region {self.config.region_id}",
-                hint="Check the id and the region (ALIBABA_CLOUD_REGION_ID); `pymlsql list` shows this tool's instances.",
+                hint="Check the id and the region (ALIBABA_CLOUD_REGION_ID); `pymlsql list` shows this tool's ones.",
             )
         return [found[instance_id] for instance_id in instance_ids]
 
@@ -287,6 +288,51 @@ class Fleet:
             raise FleetError(_failure_summary("the script", result), result=result)
         return result
 
+    # -- copy ------------------------------------------------------------------------------
+
+    def copy_to(
+        self,
+        instances: Sequence[Instance],
+        source: str,
+        target: str,
+        *,
+        user: str = "root",
+        key_pair_name: str | None = None,
+        public: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+        check: bool = True,
+    ) -> FleetResult:
+        """Copies a local file or directory to every instance, owned there by `user`.
+
+        `progress(instance_id, bytes_done, bytes_total)` is called as bytes move.
+        """
+
+        def copy_one(instance: Instance) -> CopyResult:
+            connection = self._connection(instance, self._key_path(instance, key_pair_name), public=public)
+            report = (lambda d, t: progress(instance.instance_id, d, t)) if progress else _no_progress
+            return upload(connection, source, target, user=user, progress=report)
+
+        result = FleetResult(self._parallel(list(instances), copy_one))
+        if check and result.failed:
+            raise FleetError(_failure_summary("the copy", result), result=result)
+        return result
+
+    def copy_from(
+        self,
+        instance: Instance,
+        source: str,
+        target: str,
+        *,
+        user: str = "root",
+        key_pair_name: str | None = None,
+        public: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> CopyResult:
+        """Copies a file or directory of one instance to the local `target`."""
+        connection = self._connection(instance, self._key_path(instance, key_pair_name), public=public)
+        report = (lambda d, t: progress(instance.instance_id, d, t)) if progress else _no_progress
+        return download(connection, source, target, user=user, progress=report)
+
     # -- stop ------------------------------------------------------------------------------
 
     def stop(self, instances: Sequence[Instance], *, keep_disk: bool = False, wait: bool = True) -> None:
@@ -378,6 +424,10 @@ class Fleet:
                         raise
                     outcomes[instance_id] = error
         return outcomes
+
+
+def _no_progress(done: int, total: int) -> None:
+    pass
 
 
 def _auto_release(ttl: float) -> str:
