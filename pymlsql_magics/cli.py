@@ -1,42 +1,335 @@
-"""`pymlsql`: the command line face of pymlsql_magics."""
+"""`pymlsql`: the command line face, compatible with PyMLSQL's flags and output.
+
+`start` prints `instance_id:`, `public_ip:` and `intern_ip:` lines on stdout (progress goes to
+stderr), so scripts that `grep '^instance_id:' | cut -d ':' -f2` keep working.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from . import __version__
+from ._embedded import with_sandbox_fallback
+from .core import ConfigError, ConsoleSink, EcsConfig, ExecResult, Fleet, FleetError, Instance, PymlsqlError
 from .sandbox import _cli as sandbox_cli
 from .sandbox._control import SandboxControlError
 from .sandbox._hosts import HostError
 from .sandbox._server import SandboxBusyError
 
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _duration(text: str) -> float:
+    """Seconds from `3600`, `90m`, `2h`, `1d`, `1h30m`."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 2h or 1d, got {text!r}")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--region", metavar="REGION", help="ECS region (default: ALIBABA_CLOUD_REGION_ID or cn-hangzhou)"
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+    ssh = argparse.ArgumentParser(add_help=False)
+    ssh.add_argument("--key-pair-name", metavar="NAME",
+                     help="key pair whose private key is ~/.ssh/NAME (default: MLSQL_KEY_PARE_NAME, "
+                          "else the instance's own key pair)")  # fmt: skip
+    ssh.add_argument("--need-public-ip", type=_flag, default=False, metavar="true|false",
+                     help="connect through the public IP (default false: the private IP)")  # fmt: skip
+
     parser = argparse.ArgumentParser(
         prog="pymlsql",
-        description="Run Alibaba Cloud ECS instances from shell scripts and notebooks.",
+        description="Run Alibaba Cloud ECS instances from shell scripts: start, exec-shell, copy, stop.",
+        epilog="Credentials: ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET, AK/AKS, or the aliyun CLI's profile; "
+        "with none, the local sandbox is used (pymlsql sandbox --help).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    start = commands.add_parser("start", parents=[common], help="start instances and wait until SSH works",
+                                description="Create instances (or reuse them by id or name), wait until they "
+                                "are Running and SSH accepts the key, print their addresses.")  # fmt: skip
+    start.add_argument("--image-id", help="image to create instances from")
+    start.add_argument("--instance-type", default="ecs.g7.large", help="instance type (default %(default)s)")
+    start.add_argument("--key-pair-name", help="key pair to authorize for root (default: MLSQL_KEY_PARE_NAME)")
+    start.add_argument("--init-ssh-key", type=_flag, default=False, metavar="true|false",
+                       help="create the key pair and save its private key to ~/.ssh/NAME (default false)")  # fmt: skip
+    start.add_argument("--need-public-ip", type=_flag, default=False, metavar="true|false",
+                       help="give the instances public IPs (default false)")  # fmt: skip
+    start.add_argument("--security-group", help="security group id")
+    start.add_argument("--vswitch", help="vSwitch id")
+    start.add_argument("--zone", help="zone id")
+    start.add_argument("--instance-id", action="append", default=[], metavar="ID",
+                       help="reuse this instance (started if Stopped); repeatable")  # fmt: skip
+    start.add_argument("--count", type=int, default=1, help="how many instances (default 1)")
+    start.add_argument("--name", help="name them; a start with a name finds what an earlier one made")
+    start.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help="tag; repeatable")
+    start.add_argument("--ttl", type=_duration, metavar="DURATION",
+                       help="release automatically after this long (ECS AutoReleaseTime), e.g. 2h")  # fmt: skip
+    start.add_argument("--user-data-file", metavar="FILE", help="user data (#! script or #cloud-config)")
+    start.add_argument("--spot-strategy", choices=["NoSpot", "SpotWithPriceLimit", "SpotAsPriceGo"])
+    start.add_argument("--system-disk-size", type=int, metavar="GIB", help="system disk size in GiB")
+    start.add_argument("--system-disk-category", help="system disk category, e.g. cloud_essd")
+    start.add_argument("--start-timeout", type=float, metavar="SECONDS", help="give up after this long")
+    start.add_argument("--keep-on-failure", action="store_true", help="keep instances a failed start created")
+    start.add_argument("--output", choices=["text", "json"], default="text", help="output format (default text)")
+
+    stop = commands.add_parser("stop", parents=[common], help="stop and release instances")
+    stop.add_argument("--instance-id", action="append", default=[], metavar="ID", nargs="+",
+                      help="instance(s) to release")  # fmt: skip
+    stop.add_argument("--name", help="release the instances of this name")
+    stop.add_argument("--all", action="store_true", help="release every instance this tool created")
+    stop.add_argument("--keep-disk", action="store_true", help="only stop them; keep their disks")
+    stop.add_argument("--key-pair-name", help="accepted for compatibility; not needed to stop")
+
+    exec_shell = commands.add_parser("exec-shell", parents=[common, ssh], help="run a script file on instances",
+                                     description="Run a script with bash as the given user (like `su - USER`); "
+                                     "its stdout goes to stdout as it runs, its stderr to stderr; exit with its "
+                                     "exit status.")  # fmt: skip
+    exec_shell.add_argument("--instance-id", action="append", required=True, metavar="ID", nargs="+",
+                            help="instance(s) to run on")  # fmt: skip
+    exec_shell.add_argument("--script-file", required=True, metavar="FILE", help="the script to run")
+    exec_shell.add_argument("--execute-user", default="root", metavar="USER", help="run as this user (default root)")
+    exec_shell.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the script after this long")
+
+    for name, what in (("copy-from-local", "copy a local file or directory to instances"),
+                       ("copy-to-local", "copy a file or directory of an instance here")):  # fmt: skip
+        copy = commands.add_parser(name, parents=[common, ssh], help=what,
+                                   description=f"{what[0].upper()}{what[1:]}, like scp -r: a target that is an "
+                                   "existing directory receives the source under its own name.")  # fmt: skip
+        copy.add_argument("--instance-id", action="append", required=True, metavar="ID", nargs="+",
+                          help="instance(s)" if name == "copy-from-local" else "the instance")  # fmt: skip
+        copy.add_argument("--execute-user", default="root", metavar="USER",
+                          help="owner of copied files; relative remote paths start at their home")  # fmt: skip
+        copy.add_argument("--source", required=True, help="what to copy")
+        copy.add_argument("--target", required=True, help="where to put it")
+
+    listing = commands.add_parser("list", parents=[common], help="list the instances this tool created")
+    listing.add_argument("--name", help="only those of this name")
+    listing.add_argument("--output", choices=["text", "json"], default="text")
+
     sandbox_cli.add_commands(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    debug = getattr(args, "debug", False)
     try:
         if args.command == "sandbox":
             return sandbox_cli.run(args)
-    except (SandboxControlError, SandboxBusyError, HostError) as error:
-        if args.debug:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("pymlsql: interrupted", file=sys.stderr)
+        return 130
+    except (PymlsqlError, SandboxControlError, SandboxBusyError, HostError) as error:
+        if debug:
             raise
         print(f"pymlsql: error: {error}", file=sys.stderr)
-        return 1
-    parser.error(f"unknown command {args.command}")
-    return 2
+        return getattr(error, "exit_code", 1)
+
+
+def _say(message: str) -> None:
+    print(f"pymlsql: {message}", file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = with_sandbox_fallback(
+        EcsConfig.from_env(region_id=args.region, start_timeout=getattr(args, "start_timeout", None)), _say
+    )
+    with Fleet(config, progress=_say) as fleet:
+        handler = {
+            "start": _start,
+            "stop": _stop,
+            "exec-shell": _exec_shell,
+            "copy-from-local": _copy_from_local,
+            "copy-to-local": _copy_to_local,
+            "list": _list,
+        }[args.command]
+        return handler(fleet, args)
+
+
+def _key_pair(args: argparse.Namespace) -> str | None:
+    return args.key_pair_name or os.environ.get("MLSQL_KEY_PARE_NAME") or None
+
+
+def _start(fleet: Fleet, args: argparse.Namespace) -> int:
+    user_data = None
+    if args.user_data_file:
+        try:
+            user_data = Path(args.user_data_file).read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read the user data file {args.user_data_file}: {error.strerror}") from None
+    if not args.image_id and not args.instance_id and not args.name:
+        raise ConfigError("nothing to start", hint="Pass --image-id (or --instance-id to reuse an instance).")
+    instances = fleet.start(
+        image_id=args.image_id,
+        instance_type=args.instance_type,
+        count=args.count,
+        name=args.name,
+        instance_ids=args.instance_id or None,
+        key_pair_name=_key_pair(args),
+        init_ssh_key=args.init_ssh_key,
+        need_public_ip=args.need_public_ip,
+        security_group=args.security_group,
+        vswitch=args.vswitch,
+        zone=args.zone,
+        tags=dict(args.tag),
+        user_data=user_data,
+        spot_strategy=args.spot_strategy,
+        system_disk_size=args.system_disk_size,
+        system_disk_category=args.system_disk_category,
+        ttl=args.ttl,
+        keep_on_failure=args.keep_on_failure,
+    )
+    _print_instances(instances, args.output)
+    return 0
+
+
+def _print_instances(instances: list[Instance], output: str) -> None:
+    if output == "json":
+        print(json.dumps([_as_json(instance) for instance in instances], indent=2))
+        return
+    for instance in instances:
+        print(f"instance_id:{instance.instance_id}")
+        print(f"public_ip:{instance.public_ip}")
+        print(f"intern_ip:{instance.private_ip}")
+
+
+def _as_json(instance: Instance) -> dict[str, Any]:
+    return {
+        "instance_id": instance.instance_id,
+        "name": instance.name,
+        "status": instance.status,
+        "hostname": instance.hostname,
+        "public_ip": instance.public_ip,
+        "intern_ip": instance.private_ip,
+        "key_pair_name": instance.key_pair_name,
+        "tags": dict(instance.tags),
+    }
+
+
+def _stop(fleet: Fleet, args: argparse.Namespace) -> int:
+    ids = [instance_id for group in args.instance_id for instance_id in group]
+    if not ids and not args.name and not args.all:
+        raise ConfigError("nothing to stop", hint="Pass --instance-id ID, --name NAME or --all.")
+    targets = fleet.get(ids) if ids else []
+    if args.name or args.all:
+        targets += [i for i in fleet.find(args.name) if i.instance_id not in ids]
+    if not targets:
+        _say("no instances to stop")
+        return 0
+    verb = "stopping" if args.keep_disk else "releasing"
+    _say(f"{verb} {', '.join(i.instance_id for i in targets)}")
+    fleet.stop(targets, keep_disk=args.keep_disk)
+    _say(f"{'stopped' if args.keep_disk else 'released'} {len(targets)} instance(s)")
+    return 0
+
+
+def _exec_shell(fleet: Fleet, args: argparse.Namespace) -> int:
+    ids = [instance_id for group in args.instance_id for instance_id in group]
+    try:
+        script = Path(args.script_file).read_text()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read the script file {args.script_file}: {error.strerror}", hint="Check --script-file."
+        ) from None
+    instances = fleet.get(ids)
+    sink = ConsoleSink(label=len(instances) > 1)
+    cancel = threading.Event()
+    try:
+        result = fleet.exec(
+            instances,
+            script,
+            user=args.execute_user,
+            sink=sink,
+            timeout=args.timeout,
+            check=False,
+            key_pair_name=_key_pair(args),
+            public=args.need_public_ip,
+            cancel=cancel,
+        )
+    finally:
+        sink.flush()
+    failures = {i: o for i, o in result.items() if not isinstance(o, ExecResult)}
+    if failures:
+        raise FleetError(
+            "; ".join(f"{instance_id}: {str(error).splitlines()[0]}" for instance_id, error in failures.items()),
+            result=result,
+            hint=next((e.hint for e in failures.values() if getattr(e, "hint", None)), None),  # type: ignore[attr-defined]
+        )
+    statuses = [outcome.exit_status for outcome in result.values() if isinstance(outcome, ExecResult)]
+    return next((status for status in statuses if status != 0), 0)
+
+
+def _copy_from_local(fleet: Fleet, args: argparse.Namespace) -> int:
+    ids = [instance_id for group in args.instance_id for instance_id in group]
+    result = fleet.copy_to(
+        fleet.get(ids),
+        args.source,
+        args.target,
+        user=args.execute_user,
+        key_pair_name=_key_pair(args),
+        public=args.need_public_ip,
+    )
+    for outcome in result.values():
+        _say(f"copied {outcome.files} file(s), {outcome.bytes} bytes to {outcome.instance_id}:{outcome.target}")  # type: ignore[attr-defined]
+    return 0
+
+
+def _copy_to_local(fleet: Fleet, args: argparse.Namespace) -> int:
+    ids = [instance_id for group in args.instance_id for instance_id in group]
+    if len(ids) != 1:
+        raise ConfigError("copy-to-local copies from one instance", hint="Pass a single --instance-id.")
+    (instance,) = fleet.get(ids)
+    outcome = fleet.copy_from(
+        instance, args.source, args.target, user=args.execute_user, key_pair_name=_key_pair(args),
+        public=args.need_public_ip,
+    )  # fmt: skip
+    _say(f"copied {outcome.files} file(s), {outcome.bytes} bytes to {outcome.target}")
+    return 0
+
+
+def _list(fleet: Fleet, args: argparse.Namespace) -> int:
+    instances = fleet.find(args.name)
+    if args.output == "json":
+        print(json.dumps([_as_json(instance) for instance in instances], indent=2))
+        return 0
+    for instance in instances:
+        name = instance.tags.get("pymlsql:name", "-")
+        print(f"{instance.instance_id}  {instance.status:<8}  {name:<16}  {instance.private_ip:<15}  "
+              f"{instance.public_ip or '-'}")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

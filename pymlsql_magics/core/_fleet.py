@@ -275,6 +275,7 @@ class Fleet:
         With `check`, raises FleetError if any instance failed or exited non-zero.
         """
         sink = sink or NullSink()
+        cancel = cancel or threading.Event()
 
         def run_one(instance: Instance) -> ExecResult:
             key = self._key_path(instance, key_pair_name)
@@ -283,7 +284,7 @@ class Fleet:
             status, stdout, stderr = connection.run(script, user=user, sink=sink, timeout=timeout, cancel=cancel)
             return ExecResult(instance.instance_id, script, status, stdout, stderr, time.monotonic() - started)
 
-        result = FleetResult(self._parallel(list(instances), run_one))
+        result = FleetResult(self._parallel(list(instances), run_one, cancel=cancel))
         if check and result.failed:
             raise FleetError(_failure_summary("the script", result), result=result)
         return result
@@ -409,20 +410,29 @@ class Fleet:
             connection.close()
 
     def _parallel(self, instances: list[Instance], work: Callable[[Instance], Any], *,
-                  raise_first: bool = False) -> dict[str, Any]:  # fmt: skip
+                  raise_first: bool = False, cancel: threading.Event | None = None) -> dict[str, Any]:  # fmt: skip
+        """Runs `work` on each instance with bounded concurrency; one failure never loses the others.
+
+        On Ctrl-C, `cancel` is set before waiting for the workers, so they stop their remote work.
+        """
         outcomes: dict[str, Any] = {}
         workers = max(1, min(self.config.max_parallel, len(instances)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pymlsql") as pool:
             futures = {instance.instance_id: pool.submit(work, instance) for instance in instances}
-            for instance_id, future in futures.items():
-                try:
-                    outcomes[instance_id] = future.result()
-                except PymlsqlError as error:
-                    if raise_first:
-                        for other in futures.values():
-                            other.cancel()
-                        raise
-                    outcomes[instance_id] = error
+            try:
+                for instance_id, future in futures.items():
+                    try:
+                        outcomes[instance_id] = future.result()
+                    except PymlsqlError as error:
+                        if raise_first:
+                            raise
+                        outcomes[instance_id] = error
+            except BaseException:
+                for other in futures.values():
+                    other.cancel()
+                if cancel is not None:
+                    cancel.set()
+                raise
         return outcomes
 
 
