@@ -1,0 +1,47 @@
+"""How long the sandbox takes to bring N instances of one RunInstances call to SSH-ready.
+
+Usage: .venv/bin/python benchmarks/sandbox_boot.py [COUNT] [DELAY]
+Each transition takes DELAY seconds (default 1, the sandbox's default), so the floor is about
+3 x DELAY; the rest is the cost of booting the machines (namespaces, host keys, sshd) at once.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+
+from alibabacloud_ecs20140526 import models as ecs
+from alibabacloud_ecs20140526.client import Client
+from alibabacloud_tea_openapi.models import Config
+
+from pymlsql_magics.sandbox import Sandbox, Timings
+
+
+def main(count: int, delay: float) -> None:
+    timings = Timings(pending=delay, starting=delay, stopping=delay, boot=delay)
+    with Sandbox(tempfile.mkdtemp(prefix="boot-bench-"), timings=timings).start() as sandbox:
+        client = Client(Config(access_key_id=sandbox.access_key_id, access_key_secret=sandbox.access_key_secret,
+                               endpoint=sandbox.endpoint.removeprefix("http://"), protocol="http"))  # fmt: skip
+        started = time.time()
+        request = ecs.RunInstancesRequest(region_id=sandbox.region_id, image_id="m-sandbox-webuser",
+                                          instance_type="ecs.g7.large", amount=count)  # fmt: skip
+        client.run_instances(request)
+        while not all(i["SshReady"] for i in sandbox.status()["instances"]):
+            time.sleep(0.05)
+        total = time.time() - started
+        events = sandbox.log()["instances"].values()
+        running = [e["running_at"] - started for e in events]
+        ssh_after = [e["ssh_ready_at"] - e["running_at"] for e in events]
+        closing = time.time()
+    released = time.time() - closing
+    print(f"{count} instances, {delay:g} s per transition")
+    print(f"  all SSH-ready after      {total:6.2f} s")
+    print(f"  Running at               {min(running):6.2f} .. {max(running):.2f} s")
+    print(f"  SSH after Running        median {statistics.median(ssh_after):.2f} s, max {max(ssh_after):.2f} s")
+    print(f"  sandbox close (release)  {released:6.2f} s")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 50, float(sys.argv[2]) if len(sys.argv) > 2 else 1.0)
