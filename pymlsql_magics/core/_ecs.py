@@ -169,7 +169,7 @@ class EcsClient:
                     self._sleep(self._backoff(attempt))
                     attempt += 1
                     continue
-                raise _translate(what, error, attempts=attempt) from None
+                raise _translate(what, error, attempts=attempt, retriable=retriable) from None
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: a random wait up to an exponentially growing cap, so clients spread out.
@@ -210,7 +210,7 @@ def _sdk_config(config: EcsConfig) -> Config:
     return Config(**options)
 
 
-def _translate(what: str, error: TeaException, *, attempts: int) -> EcsApiError:
+def _translate(what: str, error: TeaException, *, attempts: int, retriable: bool) -> EcsApiError:
     data = error.data if isinstance(error.data, dict) else {}
     code = error.code or ""
     message = str(data.get("Message") or "")
@@ -224,13 +224,25 @@ def _translate(what: str, error: TeaException, *, attempts: int) -> EcsApiError:
             code="NoResponse",
             hint="Check the endpoint (PYMLSQL_ECS_ENDPOINT), the network and the credentials.",
         )
-    text = f"ECS could not {what}: {code}: {message or error.message}"
+    # Some messages span lines (SignatureDoesNotMatch quotes the string to sign); errors are one line.
+    shown = " ".join(str(message or error.message or "").split())
+    text = f"ECS could not {what}: {code}: {shown}"
     if attempts > 1:
         text += f" (after {attempts} attempts)"
     if request_id:
         text += f" [RequestId {request_id}]"
     kind = InstanceStateError if code.startswith("IncorrectInstanceStatus") else EcsApiError
-    return kind(text, code=code, api_message=message, request_id=request_id, hint=_HINTS.get(code))
+    return kind(text, code=code, api_message=message, request_id=request_id, hint=_hint(code, data, retriable))
+
+
+def _hint(code: str, data: Mapping[str, Any], retriable: bool) -> str:
+    if code in _HINTS:
+        return _HINTS[code]
+    if retriable:
+        return "ECS is busy or throttling this account; wait a minute and try again."
+    if data.get("Recommend"):
+        return f"See {data['Recommend']} for what {code} means and how to fix it."
+    return f"Look up the error code {code} in the ECS API documentation."
 
 
 def _short(cause: object) -> str:

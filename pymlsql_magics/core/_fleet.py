@@ -230,6 +230,7 @@ class Fleet:
                 self.progress("no key pair: not waiting for SSH")
                 return
             key_path = self.config.key_path(next(iter(named)))
+        load_private_key(key_path)  # a missing or unreadable key is no reason to wait: fail now
         deadline = time.monotonic() + self.config.start_timeout
         self.progress(f"waiting for SSH on {len(instances)} instance(s)")
 
@@ -247,7 +248,7 @@ class Fleet:
                     if time.monotonic() > deadline:
                         raise WaitTimeoutError(
                             f"SSH on {instance.instance_id} did not accept the key within "
-                            f"{self.config.start_timeout:g} s: {error}",
+                            f"{self.config.start_timeout:g} s: {str(error).splitlines()[0]}",
                             hint="Check the security group allows port 22, and the key pair.",
                         ) from None
                 time.sleep(0.5)
@@ -286,7 +287,7 @@ class Fleet:
 
         result = FleetResult(self._parallel(list(instances), run_one, cancel=cancel))
         if check and result.failed:
-            raise FleetError(_failure_summary("the script", result), result=result)
+            raise FleetError(_failure_summary("the script", result), result=result, hint=_first_hint(result))
         return result
 
     # -- copy ------------------------------------------------------------------------------
@@ -315,7 +316,7 @@ class Fleet:
 
         result = FleetResult(self._parallel(list(instances), copy_one))
         if check and result.failed:
-            raise FleetError(_failure_summary("the copy", result), result=result)
+            raise FleetError(_failure_summary("the copy", result), result=result, hint=_first_hint(result))
         return result
 
     def copy_from(
@@ -446,10 +447,18 @@ def _auto_release(ttl: float) -> str:
 
 
 def _failure_summary(what: str, result: FleetResult) -> str:
-    lines = [f"{what} failed on {len(result.failed)} of {len(result)} instance(s):"]
-    for instance_id, outcome in result.failed.items():
-        if isinstance(outcome, ExecResult):
-            lines.append(f"  {instance_id}: exit status {outcome.exit_status}")
-        else:
-            lines.append(f"  {instance_id}: {str(outcome).splitlines()[0]}")
-    return "\n".join(lines)
+    details = [
+        f"{instance_id}: exit status {outcome.exit_status}"
+        if isinstance(outcome, ExecResult)
+        else f"{instance_id}: {str(outcome).splitlines()[0]}"
+        for instance_id, outcome in result.failed.items()
+    ]
+    head = f"{what} failed on {len(details)} of {len(result)} instance(s):"
+    if len(details) == 1:
+        return f"{head} {details[0]}"
+    return "\n".join([head, *(f"  {detail}" for detail in details)])
+
+
+def _first_hint(result: FleetResult) -> str | None:
+    """The hint of the first failure that has one: failures of one operation tend to share a cause."""
+    return next((o.hint for o in result.failed.values() if isinstance(o, PymlsqlError) and o.hint), None)

@@ -2,7 +2,7 @@
 
 Host keys are pinned per instance id in the tool's own known_hosts file on first contact and
 checked on every later one. Scripts run from a temporary file that the wrapper removes however
-the script ends; the script's own process group is killed on timeout or interrupt.
+the script ends; its process groups are killed on timeout or interrupt.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ _CHUNK = 32768
 
 # Runs the script (sent on stdin) from a private temporary file, as USER like `su - USER` would, in
 # a session of its own whose id is announced first on stderr so it can be killed as a group.
+# `su -c` puts the user's shell in yet another session, so killing means the group of the
+# announced process and the groups of its children (see _GROUPS).
 _WRAPPER = r"""
 u={user}
 if ! id -u "$u" >/dev/null 2>&1; then
@@ -40,7 +42,8 @@ if ! id -u "$u" >/dev/null 2>&1; then
 fi
 f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
 trap 'rm -f "$f"' EXIT
-cat > "$f" && chmod 0644 "$f" || exit 124
+cat > "$f" && chmod 0600 "$f" || exit 124
+[ "$(id -un)" = "$u" ] || chown "$u" "$f" || exit 124
 if [ "$(id -un)" = "$u" ]; then
   (cd ~ && exec setsid /bin/bash "$f" </dev/null) &
 else
@@ -48,9 +51,11 @@ else
 fi
 pid=$!
 echo "pymlsql:pid=$pid" >&2
-trap 'kill -TERM -- -$pid 2>/dev/null; rm -f "$f"; exit 130' HUP INT TERM
+trap 'kill -TERM -- {groups} 2>/dev/null; rm -f "$f"; exit 130' HUP INT TERM
 wait $pid
 """
+# The process groups to signal for the announced process $pid: its own and each child's.
+_GROUPS = "-$pid $(pgrep -P $pid | sed s/^/-/)"
 
 
 def load_private_key(path: Path) -> paramiko.PKey:
@@ -228,11 +233,11 @@ class SshConnection:
         source = self.instance.instance_id
         out = StreamDecoder(source, "stdout", sink)
         err = StreamDecoder(source, "stderr", sink)
-        header = bytearray()
+        header: bytearray | None = bytearray()  # stderr until the wrapper's pid line
         pid = 0
         started = time.monotonic()
         try:
-            channel.exec_command(_WRAPPER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS))
+            channel.exec_command(_WRAPPER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS, groups=_GROUPS))
             channel.sendall(script.encode())
             channel.shutdown_write()
             while True:
@@ -243,14 +248,16 @@ class SshConnection:
                 while channel.recv_stderr_ready():
                     chunk = channel.recv_stderr(_CHUNK)
                     busy = True
-                    if pid == 0 and header is not None:
+                    if header is not None:
                         header += chunk
                         if b"\n" not in header:
                             continue
                         line, _, rest = bytes(header).partition(b"\n")
-                        pid = int(line[len(_PID_MARK):] or 0) if line.startswith(_PID_MARK) else -1
-                        header = None  # type: ignore[assignment]
-                        chunk = rest
+                        if line.startswith(_PID_MARK):
+                            pid, chunk = int(line[len(_PID_MARK) :] or 0), rest
+                        else:  # the wrapper failed before announcing: all of it is real stderr
+                            pid, chunk = -1, bytes(header)
+                        header = None
                     if chunk:
                         err.feed(chunk)
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
@@ -267,7 +274,7 @@ class SshConnection:
                 if not busy:
                     channel.status_event.wait(0.02)
             out.feed(b"", final=True)
-            err.feed(b"", final=True)
+            err.feed(bytes(header or b""), final=True)
             status = channel.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise SshError(f"the SSH session to {source} broke: {error}", host=self.address) from None
@@ -286,7 +293,11 @@ class SshConnection:
             return
         try:
             channel = self._open()
-            channel.exec_command(f"kill -TERM -- -{pid} 2>/dev/null; sleep 1; kill -KILL -- -{pid} 2>/dev/null; true")
+            # Children are listed before anything is signalled: once su is gone they are orphans.
+            channel.exec_command(
+                f'pid={pid}; groups="{_GROUPS}"; kill -TERM -- $groups 2>/dev/null; sleep 1; '
+                "kill -KILL -- $groups 2>/dev/null; true"
+            )
             channel.recv_exit_status()
             channel.close()
         except (paramiko.SSHException, OSError, EOFError):

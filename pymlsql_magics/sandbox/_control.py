@@ -17,6 +17,8 @@ from typing import Any
 from ._hosts import kill_leftovers
 from ._server import CONTROL_KEY_HEADER, default_state_dir, process_alive
 
+_BACKGROUND: list[subprocess.Popen[bytes]] = []
+
 
 class SandboxControlError(RuntimeError):
     """A sandbox command could not be carried out; the message says what to do."""
@@ -73,6 +75,9 @@ def start(
             start_new_session=True,
             close_fds=True,
         )
+    # The sandbox outlives this call on purpose: keep its Popen, which Python would otherwise
+    # report as a child never waited for.
+    _BACKGROUND.append(process)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = read_server(state_dir)
