@@ -1,3 +1,14 @@
-"""Run Alibaba Cloud ECS instances from a Jupyter notebook."""
+"""Run Alibaba Cloud ECS instances from a Jupyter notebook: `%load_ext pymlsql_magics`."""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Registers %ecs_start, %%ecs_exec, %ecs_copy, %ecs_stop, %ecs_list and %ecs_sandbox."""
+    from .magics import EcsMagics  # IPython is only needed once the extension loads
+
+    ipython.register_magics(EcsMagics)

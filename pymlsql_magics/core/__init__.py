@@ -13,7 +13,7 @@ from ._errors import (
 )
 from ._fleet import CREATED_BY, NAME_TAG, Fleet
 from ._output import ConsoleSink, NullSink, OutputSink, StreamDecoder, StreamName
-from ._results import CopyResult, ExecResult, FleetResult, Instance
+from ._results import CopyResult, ExecResult, FleetResult, Instance, InstanceList
 from ._transfer import CopyError
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "FleetResult",
     "HostKeyMismatchError",
     "Instance",
+    "InstanceList",
     "InstanceStateError",
     "NullSink",
     "OutputSink",

@@ -26,9 +26,14 @@ NAME_TAG = "pymlsql:name"
 _TOOL = "pymlsql"
 _MAX_PER_CALL = 100
 Progress = Callable[[str], None]
+Watch = Callable[[list[Instance], set[str]], None]
 
 
 def _quiet(message: str) -> None:
+    pass
+
+
+def _no_watch(instances: list[Instance], ssh_ready: set[str]) -> None:
     pass
 
 
@@ -45,6 +50,7 @@ class Fleet:
         self.progress = progress
         self._connections: dict[tuple[str, bool], SshConnection] = {}
         self._lock = threading.Lock()
+        self._watch: Watch = _no_watch
 
     def __repr__(self) -> str:
         return f"Fleet(region_id={self.config.region_id!r}, endpoint={self.config.endpoint!r})"
@@ -105,13 +111,16 @@ class Fleet:
         ttl: float | None = None,
         keep_on_failure: bool = False,
         wait_for_ssh: bool = True,
+        watch: Watch | None = None,
     ) -> list[Instance]:
         """Starts instances and returns them once Running and (with a key) answering SSH.
 
         Reuses instances by id (starting them if Stopped) or by `name` (a start with a name is
         idempotent: it finds what an earlier start made and creates only what is missing).
         On failure or timeout it releases what it created unless `keep_on_failure`.
+        `watch(instances, ssh_ready_ids)` is called after every poll, for live views.
         """
+        self._watch = watch or _no_watch
         if count < 1:
             raise ConfigError("count must be at least 1")
         key_path = None
@@ -154,6 +163,7 @@ class Fleet:
                 )
             ids = [instance.instance_id for instance in reused] + created
             instances = self._wait_running(ids)
+            self._watch(instances, set())
             if wait_for_ssh:
                 self._wait_ssh(instances, key_path, public=need_public_ip)
             return instances
@@ -208,6 +218,7 @@ class Fleet:
             summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
             if summary != last:
                 self.progress(summary)
+                self._watch(instances, set())
                 last = summary
             if len(instances) == len(ids) and all(i.status == "Running" for i in instances):
                 order = {instance_id: index for index, instance_id in enumerate(ids)}
@@ -233,6 +244,8 @@ class Fleet:
         load_private_key(key_path)  # a missing or unreadable key is no reason to wait: fail now
         deadline = time.monotonic() + self.config.start_timeout
         self.progress(f"waiting for SSH on {len(instances)} instance(s)")
+        ready_ids: set[str] = set()
+        ready_lock = threading.Lock()
 
         def ready(instance: Instance) -> None:
             while True:
@@ -240,6 +253,9 @@ class Fleet:
                     connection = self._connection(instance, key_path, public=public)
                     status, _ = connection.command("true")
                     if status == 0:
+                        with ready_lock:
+                            ready_ids.add(instance.instance_id)
+                            self._watch(instances, set(ready_ids))
                         return
                 except HostKeyMismatchError:
                     raise

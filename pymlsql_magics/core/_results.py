@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import html
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -94,3 +95,46 @@ class FleetResult(Mapping[str, object]):
     @property
     def failed(self) -> dict[str, object]:
         return {key: value for key, value in self._outcomes.items() if key not in self.succeeded}
+
+
+class InstanceList(Sequence[Instance]):
+    """A fleet of instances, as %ecs_start returns it: indexable, iterable, shown as a table."""
+
+    def __init__(self, instances: Iterable[Instance]) -> None:
+        self._instances = tuple(instances)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, slice):
+            return InstanceList(self._instances[index])
+        return self._instances[index]
+
+    def __len__(self) -> int:
+        return len(self._instances)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, InstanceList):
+            return self._instances == other._instances
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._instances)
+
+    @property
+    def ids(self) -> list[str]:
+        return [instance.instance_id for instance in self._instances]
+
+    _COLUMNS = ("instance_id", "name", "status", "private_ip", "public_ip", "hostname")
+
+    def __repr__(self) -> str:
+        rows = [self._COLUMNS] + [tuple(getattr(i, c) or "-" for c in self._COLUMNS) for i in self._instances]
+        widths = [max(len(row[column]) for row in rows) for column in range(len(self._COLUMNS))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+        return f"{len(self._instances)} instance(s)\n" + "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(column)}</th>" for column in self._COLUMNS)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(getattr(i, c) or '-'))}</td>" for c in self._COLUMNS) + "</tr>"
+            for i in self._instances
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -17,7 +17,12 @@ from typing import Any
 from ._hosts import kill_leftovers
 from ._server import CONTROL_KEY_HEADER, default_state_dir, process_alive
 
-_BACKGROUND: list[subprocess.Popen[bytes]] = []
+_LAUNCHER = (
+    "import subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,"
+    " start_new_session=True, close_fds=True)\n"
+    "print(p.pid)\n"
+)
 
 
 class SandboxControlError(RuntimeError):
@@ -67,29 +72,29 @@ def start(
     command = [sys.executable, "-m", "pymlsql_magics.sandbox", "serve", "--state-dir", str(state_dir),
                "--port", str(port), *(serve_args or [])]  # fmt: skip
     with open(state_dir / "server.log", "ab") as log:
-        process = subprocess.Popen(
-            command,
+        # A short-lived launcher starts the server and exits, so the server is nobody's child
+        # here: it outlives this process, and no Popen is left that was never waited for.
+        launcher = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, *command],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=log,
-            start_new_session=True,
             close_fds=True,
+            check=False,
         )
-    # The sandbox outlives this call on purpose: keep its Popen, which Python would otherwise
-    # report as a child never waited for.
-    _BACKGROUND.append(process)
+    try:
+        pid = int(launcher.stdout)
+    except ValueError:
+        raise SandboxControlError("the sandbox did not start:\n" + _tail(state_dir / "server.log")) from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = read_server(state_dir)
-        if info is not None and info.get("pid") == process.pid:
+        if info is not None and info.get("pid") == pid:
             return info, True
-        if process.poll() is not None:
-            raise SandboxControlError(
-                f"the sandbox did not start (exit status {process.returncode}):\n"
-                + _tail(state_dir / "server.log")
-            )
+        if not process_alive(pid):
+            raise SandboxControlError("the sandbox did not start:\n" + _tail(state_dir / "server.log"))
         time.sleep(0.05)
-    process.kill()
+    os.kill(pid, signal.SIGKILL)
     raise SandboxControlError(f"the sandbox did not start within {timeout:g} s; see {state_dir / 'server.log'}")
 
 

@@ -35,7 +35,9 @@ class SandboxBusyError(RuntimeError):
 
 
 def default_state_dir() -> Path:
-    return Path.home() / ".pymlsql" / "sandbox"
+    """PYMLSQL_SANDBOX_DIR if set, else ~/.pymlsql/sandbox."""
+    configured = os.environ.get("PYMLSQL_SANDBOX_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".pymlsql" / "sandbox"
 
 
 class Sandbox:
