@@ -98,7 +98,13 @@ class EcsMagics(Magics):
     # -- configuration ---------------------------------------------------------------------
 
     def _config(self, **flags: Any) -> EcsConfig:
-        settings = {f.name: getattr(self, f.name) for f in fields(EcsConfig) if self.has_trait(f.name)}
+        # Only settings given through %config (or ipython_config.py) beat the environment; a trait
+        # still at its default must not hide ALIBABA_CLOUD_REGION_ID and the like.
+        settings = {
+            f.name: getattr(self, f.name)
+            for f in fields(EcsConfig)
+            if self.has_trait(f.name) and getattr(self, f.name) != self.trait_defaults(f.name)
+        }
         config = EcsConfig.from_env(**{**settings, **{k: v for k, v in flags.items() if v is not None}})
         return with_sandbox_fallback(config, self._announce)
 
@@ -216,6 +222,7 @@ class EcsMagics(Magics):
     @argument("--allow-fail", action="store_true", help="Keep the cell green when a script exits non-zero.")
     @argument("-o", "--out", metavar="NAME", help="Store the results (instance id -> result) in this variable.")
     @argument("--public", action="store_true", help="Connect through the public IPs.")
+    @argument("--pty", action="store_true", help="Run on a terminal (for programs that need one); merges stderr.")
     def ecs_exec(self, line: str, cell: str) -> None:
         """Run the cell as a bash script on each instance, streaming its output live."""
         args = _parse(self.ecs_exec, line)
@@ -233,7 +240,7 @@ class EcsMagics(Magics):
             try:
                 result = fleet.exec(instances, script, user=args.user or self.default_user, sink=view,
                                     timeout=args.timeout, check=False, key_pair_name=self.key_pair_name or None,
-                                    public=args.public, cancel=cancel)  # fmt: skip
+                                    public=args.public, cancel=cancel, pty=args.pty)  # fmt: skip
             except KeyboardInterrupt:
                 view.finish(None, interrupted=True)
                 raise

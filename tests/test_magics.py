@@ -183,3 +183,38 @@ def test_without_credentials_the_magics_use_the_sandbox_and_say_so(monkeypatch, 
         ipython.run_line_magic("ecs_sandbox", "stop")
         magics._fleet = magics._fleet_config = None
     assert _control.read_server(Path(tmp_path / "fallback")) is None
+
+
+def test_pty_runs_the_script_on_a_terminal_and_leaves_no_script_behind(shell):
+    start(shell, unique("pty"))
+    result = run(shell, "%%ecs_exec nodes --pty --user webuser --allow-fail -o t\n"
+                        "test -t 0 && test -t 1 && echo on-a-terminal\nwhoami\necho to-stderr >&2\nexit 6")  # fmt: skip
+    assert result.error_in_exec is None
+    (outcome,) = shell.user_ns["t"].values()
+    assert outcome.exit_status == 6
+    assert outcome.stdout == "on-a-terminal\nwebuser\nto-stderr\n" and outcome.stderr == ""
+    plain = run(shell, "%%ecs_exec nodes -o p\ntest -t 1 || echo no-terminal\nls /tmp/.pymlsql-script.* | wc -l")
+    assert plain.error_in_exec is None
+    # Only the file of this very script exists while it runs.
+    assert {r.stdout for r in shell.user_ns["p"].values()} == {"no-terminal\n1\n"}
+
+
+def test_flag_beats_config_which_beats_environment(shell, monkeypatch):
+    magics = shell.magics_manager.registry["EcsMagics"]
+    monkeypatch.setenv("ALIBABA_CLOUD_REGION_ID", "cn-beijing")
+    assert magics._config().region_id == "cn-beijing"
+    monkeypatch.setattr(magics, "region_id", "cn-shanghai")
+    assert magics._config().region_id == "cn-shanghai"
+    assert magics._config(region_id="ap-southeast-1").region_id == "ap-southeast-1"
+    monkeypatch.setattr(magics, "start_timeout", 42.0)
+    assert magics._config().start_timeout == 42.0
+    assert magics._config(start_timeout=7.0).start_timeout == 7.0
+
+
+def test_secrets_never_reach_the_cell_output(shell, sandbox, capsys):
+    start(shell, unique("secret"))
+    run(shell, "%%ecs_exec nodes\nhostname")
+    run(shell, "%ecs_list")
+    captured = capsys.readouterr()
+    assert sandbox.access_key_secret not in captured.out + captured.err
+    assert sandbox.access_key_secret not in repr(shell.user_ns["nodes"])

@@ -285,8 +285,11 @@ class Fleet:
         key_pair_name: str | None = None,
         public: bool = False,
         cancel: threading.Event | None = None,
+        pty: bool = False,
     ) -> FleetResult:
         """Runs `script` with bash on every instance as `user`, in parallel, streaming to `sink`.
+
+        With `pty` each script runs on a terminal (its stderr then arrives merged into stdout).
 
         Returns a FleetResult of ExecResult (or the error of an instance that could not run it).
         With `check`, raises FleetError if any instance failed or exited non-zero.
@@ -298,7 +301,8 @@ class Fleet:
             key = self._key_path(instance, key_pair_name)
             connection = self._connection(instance, key, public=public)
             started = time.monotonic()
-            status, stdout, stderr = connection.run(script, user=user, sink=sink, timeout=timeout, cancel=cancel)
+            status, stdout, stderr = connection.run(script, user=user, sink=sink, timeout=timeout, cancel=cancel,
+                                                    pty=pty)  # fmt: skip
             return ExecResult(instance.instance_id, script, status, stdout, stderr, time.monotonic() - started)
 
         result = FleetResult(self._parallel(list(instances), run_one, cancel=cancel))

@@ -56,13 +56,22 @@ class ConsoleSink:
 class StreamDecoder:
     """Turns raw channel chunks into text without breaking multi-byte characters."""
 
-    def __init__(self, source: str, stream: StreamName, sink: OutputSink) -> None:
+    def __init__(self, source: str, stream: StreamName, sink: OutputSink, *, terminal: bool = False) -> None:
         self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
         self._source, self._stream, self._sink = source, stream, sink
+        self._terminal = terminal
+        self._held = ""
         self.parts: list[str] = []
 
     def feed(self, chunk: bytes, *, final: bool = False) -> None:
-        if text := self._decode(chunk, final):
+        text = self._decode(chunk, final)
+        if self._terminal:
+            # A terminal ends lines with \r\n; a \r at the end of a chunk may be half of one.
+            text = (self._held + text).replace("\r\n", "\n")
+            self._held = ""
+            if text.endswith("\r") and not final:
+                text, self._held = text[:-1], "\r"
+        if text:
             self.parts.append(text)
             self._sink.write(self._source, self._stream, text)
 

@@ -54,6 +54,31 @@ echo "pymlsql:pid=$pid" >&2
 trap 'kill -TERM -- {groups} 2>/dev/null; rm -f "$f"; exit 130' HUP INT TERM
 wait $pid
 """
+# With a terminal the script cannot come on stdin: it is staged first (_STAGE), then run on the
+# pty in the foreground, so it is the terminal's process group and gets its hangup.
+_STAGE = r"""
+u={user}
+if ! id -u "$u" >/dev/null 2>&1; then
+  printf 'pymlsql: no user %s\n' "$u" >&2
+  exit {no_user}
+fi
+f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
+cat > "$f" && chmod 0600 "$f" || {{ rm -f "$f"; exit 124; }}
+[ "$(id -un)" = "$u" ] || chown "$u" "$f" || {{ rm -f "$f"; exit 124; }}
+printf '%s' "$f"
+"""
+_PTY_WRAPPER = r"""
+u={user}; f={path}
+trap 'rm -f "$f"' EXIT
+trap 'kill -TERM -- {groups} 2>/dev/null; rm -f "$f"; exit 130' HUP INT TERM
+pid=$$
+echo "pymlsql:pid=$pid"
+if [ "$(id -un)" = "$u" ]; then
+  cd ~ && /bin/bash "$f"
+else
+  su --pty - "$u" -s /bin/bash -c "exec /bin/bash $f"
+fi
+"""
 # The process groups to signal for the announced process $pid: its own and each child's.
 _GROUPS = "-$pid $(pgrep -P $pid | sed s/^/-/)"
 
@@ -227,38 +252,59 @@ class SshConnection:
         sink: OutputSink,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
+        pty: bool = False,
     ) -> tuple[int, str, str]:
-        """Runs `script` as `user`, streaming to `sink`; returns (exit status, stdout, stderr)."""
-        channel = self._open()
+        """Runs `script` as `user`, streaming to `sink`; returns (exit status, stdout, stderr).
+
+        With `pty`, the script runs on a terminal: programs that need one work, and its stderr
+        arrives merged into stdout, as on any terminal.
+        """
         source = self.instance.instance_id
-        out = StreamDecoder(source, "stdout", sink)
+        if pty:
+            command = _PTY_WRAPPER.format(user=shlex.quote(user), path=shlex.quote(self._stage(script, user)),
+                                          groups=_GROUPS)  # fmt: skip
+        else:
+            command = _WRAPPER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS, groups=_GROUPS)
+        channel = self._open()
+        out = StreamDecoder(source, "stdout", sink, terminal=pty)
         err = StreamDecoder(source, "stderr", sink)
-        header: bytearray | None = bytearray()  # stderr until the wrapper's pid line
+        header: bytearray | None = bytearray()  # the wrapper's pid line, first on stderr (stdout on a pty)
         pid = 0
         started = time.monotonic()
+
+        def announced(chunk: bytes) -> bytes:
+            nonlocal header, pid
+            if header is None:
+                return chunk
+            header += chunk
+            if b"\n" not in header:
+                return b""
+            line, _, rest = bytes(header).partition(b"\n")
+            if line.rstrip(b"\r").startswith(_PID_MARK):
+                pid, chunk = int(line.rstrip(b"\r")[len(_PID_MARK) :] or 0), rest
+            else:  # the wrapper failed before announcing: all of it is real output
+                pid, chunk = -1, bytes(header)
+            header = None
+            return chunk
+
         try:
-            channel.exec_command(_WRAPPER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS, groups=_GROUPS))
-            channel.sendall(script.encode())
-            channel.shutdown_write()
+            if pty:
+                channel.get_pty(term="xterm", width=160, height=48)
+            channel.exec_command(command)
+            if not pty:
+                channel.sendall(script.encode())
+                channel.shutdown_write()
             while True:
                 busy = False
                 while channel.recv_ready():
-                    out.feed(channel.recv(_CHUNK))
+                    chunk = channel.recv(_CHUNK)
                     busy = True
+                    if chunk := (announced(chunk) if pty else chunk):
+                        out.feed(chunk)
                 while channel.recv_stderr_ready():
                     chunk = channel.recv_stderr(_CHUNK)
                     busy = True
-                    if header is not None:
-                        header += chunk
-                        if b"\n" not in header:
-                            continue
-                        line, _, rest = bytes(header).partition(b"\n")
-                        if line.startswith(_PID_MARK):
-                            pid, chunk = int(line[len(_PID_MARK) :] or 0), rest
-                        else:  # the wrapper failed before announcing: all of it is real stderr
-                            pid, chunk = -1, bytes(header)
-                        header = None
-                    if chunk:
+                    if chunk := (chunk if pty else announced(chunk)):
                         err.feed(chunk)
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
@@ -273,8 +319,8 @@ class SshConnection:
                     )
                 if not busy:
                     channel.status_event.wait(0.02)
-            out.feed(b"", final=True)
-            err.feed(bytes(header or b""), final=True)
+            out.feed(bytes(header or b"") if pty else b"", final=True)
+            err.feed(b"" if pty else bytes(header or b""), final=True)
             status = channel.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise SshError(f"the SSH session to {source} broke: {error}", host=self.address) from None
@@ -287,6 +333,32 @@ class SshConnection:
                 hint="Create the user first (useradd), or pick another --execute-user.",
             )
         return status, out.text, err.text
+
+    def _stage(self, script: str, user: str) -> str:
+        """Writes the script to a private temporary file on the instance; returns its path."""
+        channel = self._open()
+        try:
+            channel.exec_command(_STAGE.format(user=shlex.quote(user), no_user=_NO_USER_STATUS))
+            channel.sendall(script.encode())
+            channel.shutdown_write()
+            path = channel.makefile("rb").read().decode().strip()
+            problem = channel.makefile_stderr("rb").read().decode().strip()
+            status = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise SshError(
+                f"the SSH session to {self.instance.instance_id} broke: {error}", host=self.address
+            ) from None
+        finally:
+            channel.close()
+        if status == _NO_USER_STATUS:
+            raise SshError(
+                f"there is no user {user!r} on {self.instance.instance_id}",
+                host=self.address,
+                hint="Create the user first (useradd), or pick another --execute-user.",
+            )
+        if status != 0 or not path:
+            raise SshError(f"cannot stage the script on {self.instance.instance_id}: {problem}", host=self.address)
+        return path
 
     def _kill(self, pid: int) -> None:
         if pid <= 0:
