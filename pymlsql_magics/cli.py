@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -18,13 +17,21 @@ from typing import Any
 
 from . import __version__
 from ._embedded import with_sandbox_fallback
-from .core import ConfigError, ConsoleSink, EcsConfig, ExecResult, Fleet, FleetError, Instance, PymlsqlError
+from .core import (
+    ConfigError,
+    ConsoleSink,
+    EcsConfig,
+    ExecResult,
+    Fleet,
+    FleetError,
+    Instance,
+    PymlsqlError,
+    parse_duration,
+)
 from .sandbox import _cli as sandbox_cli
 from .sandbox._control import SandboxControlError
 from .sandbox._hosts import HostError
 from .sandbox._server import SandboxBusyError
-
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
 
 def _flag(text: str) -> bool:
@@ -37,12 +44,10 @@ def _flag(text: str) -> bool:
 
 
 def _duration(text: str) -> float:
-    """Seconds from `3600`, `90m`, `2h`, `1d`, `1h30m`."""
-    match = _DURATION.match(text.strip())
-    if not text.strip() or not match or not any(match.groups()):
-        raise argparse.ArgumentTypeError(f"expected a duration like 30m, 2h or 1d, got {text!r}")
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
+    try:
+        return parse_duration(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _tag(text: str) -> tuple[str, str]:

@@ -23,14 +23,23 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Float, Int, Unicode
 
 from ._embedded import with_sandbox_fallback
-from .core import ConfigError, EcsConfig, Fleet, FleetError, FleetResult, Instance, InstanceList, PymlsqlError
+from .core import (
+    ConfigError,
+    EcsConfig,
+    Fleet,
+    FleetError,
+    FleetResult,
+    Instance,
+    InstanceList,
+    PymlsqlError,
+    parse_duration,
+)
 from .sandbox import _control as sandbox_control
 from .sandbox import default_state_dir
 from .widgets import CopyView, ExecView, StartView, has_widget_frontend
 
 _DEFAULTS = EcsConfig()
 _REMOTE = re.compile(r"^(?P<target>[A-Za-z_][\w.\-]*|i-[\w]+):(?P<path>.*)$")
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
 
 @contextmanager
@@ -53,13 +62,7 @@ def _parse(magic: Any, line: str) -> Any:
 
 
 def _duration(text: str | None) -> float | None:
-    if text is None:
-        return None
-    match = _DURATION.match(text.strip())
-    if not text.strip() or not match or not any(match.groups()):
-        raise UsageError(f"expected a duration like 30m, 2h or 1d, got {text!r}")
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
+    return None if text is None else parse_duration(text)
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:

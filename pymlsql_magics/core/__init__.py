@@ -1,6 +1,6 @@
 """The core of pymlsql_magics: ECS operations, SSH, keys and configuration. Never imports IPython."""
 
-from ._config import EcsConfig
+from ._config import EcsConfig, parse_duration
 from ._errors import (
     ConfigError,
     EcsApiError,
@@ -40,4 +40,5 @@ __all__ = [
     "StreamDecoder",
     "StreamName",
     "WaitTimeoutError",
+    "parse_duration",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -113,3 +114,15 @@ def _chain_may_have_credentials(environ: Mapping[str, str]) -> bool:
         return True
     home = Path(environ.get("HOME") or Path.home())
     return any((home / name).is_file() for name in _CHAIN_FILES)
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `3600`, `90m`, `2h`, `1d` or `1h30m`; raises ConfigError otherwise."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or not match or not any(match.groups()):
+        raise ConfigError(f"expected a duration like 30m, 2h or 1d, got {text!r}")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
