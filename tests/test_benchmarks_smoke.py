@@ -1,0 +1,21 @@
+"""The benchmark harness runs end to end on a few instances (its targets are judged by hand, not here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_smoke_run_measures_every_row_and_saves_json(tmp_path):
+    saved = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(saved)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(saved.read_text())["rows"]
+    assert [row["number"] for row in rows] == [1, 2, 5, 6, 8]
+    assert all(row["value"] > 0 for row in rows)
+    assert all(f"{row['number']:>2}  {row['what']}" in done.stdout for row in rows)
