@@ -330,8 +330,7 @@ class Fleet:
         """
 
         def copy_one(instance: Instance) -> CopyResult:
-            connection = self._connection(instance, self._key_path(instance, key_pair_name), public=public)
-            report = (lambda d, t: progress(instance.instance_id, d, t)) if progress else _no_progress
+            connection, report = self._copy_session(instance, key_pair_name, public, progress)
             return upload(connection, source, target, user=user, progress=report)
 
         result = FleetResult(self._parallel(list(instances), copy_one))
@@ -351,9 +350,21 @@ class Fleet:
         progress: Callable[[str, int, int], None] | None = None,
     ) -> CopyResult:
         """Copies a file or directory of one instance to the local `target`."""
-        connection = self._connection(instance, self._key_path(instance, key_pair_name), public=public)
-        report = (lambda d, t: progress(instance.instance_id, d, t)) if progress else _no_progress
+        connection, report = self._copy_session(instance, key_pair_name, public, progress)
         return download(connection, source, target, user=user, progress=report)
+
+    def _copy_session(
+        self,
+        instance: Instance,
+        key_pair_name: str | None,
+        public: bool,
+        progress: Callable[[str, int, int], None] | None,
+    ) -> tuple[SshConnection, Callable[[int, int], None]]:
+        """The instance's connection, and its progress reporter for one copy."""
+        connection = self._connection(instance, self._key_path(instance, key_pair_name), public=public)
+        if progress is None:
+            return connection, _no_progress
+        return connection, lambda done, total: progress(instance.instance_id, done, total)
 
     # -- stop ------------------------------------------------------------------------------
 
