@@ -23,6 +23,24 @@ NOBODY = 65534
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _readable_copy(target: Path) -> Path:
+    """The package and what the sandbox imports, where the unprivileged user can read them.
+
+    The checkout and its virtualenv may sit in a folder only root can enter (a mktemp -d clone).
+    """
+    site = Path(sysconfig.get_paths()["platlib"])
+    shutil.copytree(REPO / "pymlsql_magics", target / "pymlsql_magics",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    for name in ("cryptography", "yaml", "bcrypt"):
+        if (site / name).is_dir():
+            shutil.copytree(site / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for extension in site.glob("_cffi_backend*.so"):
+        shutil.copy2(extension, target / extension.name)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
 def _python_for_nobody() -> str:
     """An interpreter of this Python version that an unprivileged user may run."""
     for candidate in (f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}", "/usr/bin/python3"):
@@ -45,7 +63,7 @@ def test_unprivileged_sandbox_serves_sshd_on_a_reported_port():
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(state_root),
-        "PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]]),
+        "PYTHONPATH": str(_readable_copy(state_root / "lib")),
     }
     as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python,
                  "-m", "pymlsql_magics.sandbox"]  # fmt: skip
