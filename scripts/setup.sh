@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pymlsql-magics needs on a fresh Debian machine: OpenSSH's server (the sandbox's
-# instances are real sshd processes) and a virtualenv in .venv with the package and its test tools.
+# instances are real sshd processes), Chromium and its driver (the browser test runs the widgets in
+# JupyterLab) and a virtualenv in .venv with the package and its test tools.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the sandbox and the tests use, by the command that shows each is there.
 missing=()
 for pair in /usr/sbin/sshd:openssh-server ssh:openssh-client ssh-keyscan:openssh-client \
-            unshare:util-linux nsenter:util-linux setpriv:util-linux pgrep:procps; do
+            unshare:util-linux nsenter:util-linux setpriv:util-linux pgrep:procps \
+            /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver; do
   command=${pair%%:*} package=${pair#*:}
   if ! command -v "$command" >/dev/null 2>&1 && [ ! -x "$command" ]; then
     missing+=("$package")
@@ -20,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: missing Debian packages: $packages; install them with: sudo apt-get install -y $packages" >&2
     exit 1
   fi
-  echo "setup: installing $packages(the sandbox's instances are real sshd servers)" >&2
+  echo "setup: installing $packages(sandbox instances are real sshd servers; the browser test uses Chromium)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # shellcheck disable=SC2086
