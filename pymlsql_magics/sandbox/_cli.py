@@ -61,6 +61,8 @@ def add_commands(subparsers: Any) -> None:
     fault.add_argument("--status", type=int, default=503, help="HTTP status to answer (default %(default)s)")
     fault.add_argument("--count", type=int, default=1, help="how many calls fail (default %(default)s)")
     fault.add_argument("--message", help="error message to answer")
+    fault.add_argument("--lose-response", action="store_true",
+                       help="with --action: carry the calls out but drop their answers")  # fmt: skip
     fault.add_argument("--ssh-delay", type=float, metavar="SECONDS",
                        help="SSH of instances started from now on comes up this much later")  # fmt: skip
     fault.add_argument("--stuck", metavar="STATUS", choices=["Pending", "Starting", "Stopping", ""],
@@ -69,6 +71,9 @@ def add_commands(subparsers: Any) -> None:
                        help="kill its sshd and every session; it comes back after the boot delay")  # fmt: skip
     fault.add_argument("--rotate-host-key", metavar="INSTANCE_ID",
                        help="drop its sshd and sessions; it comes back with new host keys")  # fmt: skip
+    fault.add_argument("--freeze", metavar="INSTANCE_ID",
+                       help="stop all its processes: it answers nothing, like a hung machine")  # fmt: skip
+    fault.add_argument("--thaw", metavar="INSTANCE_ID", help="let a frozen instance run again")
     fault.add_argument("--clear", action="store_true", help="remove every pending fault")
 
     log = commands.add_parser("log", help="every API request, and per-instance event times")
@@ -186,7 +191,8 @@ def _fault(info: dict[str, Any], args: argparse.Namespace) -> int:
     if args.clear:
         order["clear"] = True
     if args.action:
-        order.update(action=args.action, code=args.code, status=args.status, count=args.count)
+        order.update(action=args.action, code=args.code, status=args.status, count=args.count,
+                     lose_response=args.lose_response)  # fmt: skip
         if args.message:
             order["message"] = args.message
     if args.ssh_delay is not None:
@@ -197,6 +203,10 @@ def _fault(info: dict[str, Any], args: argparse.Namespace) -> int:
         order["kill_ssh"] = args.kill_ssh
     if args.rotate_host_key:
         order["rotate_host_key"] = args.rotate_host_key
+    if args.freeze:
+        order["freeze"] = args.freeze
+    if args.thaw:
+        order["thaw"] = args.thaw
     if not order:
         raise _control.SandboxControlError(
             "no fault given.\nHint: see `pymlsql sandbox fault --help` for the options."

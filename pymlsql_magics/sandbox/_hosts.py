@@ -372,6 +372,25 @@ class Hosts:
                 return
             time.sleep(0.05)
 
+    def freeze(self, instance_id: str, frozen: bool) -> None:
+        """Stops (or continues) every process of the machine: the kernel still accepts its TCP
+        connections, but nothing in it answers, as with a hung machine or a cut network."""
+        with self._lock:
+            machine = self._machines.get(instance_id)
+        if machine is None or machine.init_pid is None:
+            raise HostError(f"{instance_id} has no machine running")
+        if not self.full:
+            raise HostError("freezing an instance needs the sandbox to run as root")
+        namespace = os.readlink(f"/proc/{machine.init_pid}/ns/pid")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "ns" / "pid") == namespace:
+                    os.kill(int(entry.name), signal.SIGSTOP if frozen else signal.SIGCONT)
+            except OSError:
+                pass  # gone meanwhile
+
     def generation(self, instance_id: str) -> int | None:
         with self._lock:
             machine = self._machines.get(instance_id)

@@ -118,6 +118,8 @@ class Fault:
     status: int
     count: int
     message: str | None = None
+    # Carry the call out, then drop the connection without an answer (a response lost on the way).
+    lose_response: bool = False
 
 
 def new_id(prefix: str, length: int = 20) -> str:

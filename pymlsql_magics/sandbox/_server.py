@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 from . import _signature
 from ._actions import ACTIONS, Context
 from ._errors import ApiError
-from ._hosts import Hosts, kill_leftovers
+from ._hosts import HostError, Hosts, kill_leftovers
 from ._model import ANY_REGION, Fault, SecurityGroup, Timings, World
 from ._params import Params
 
@@ -215,6 +215,7 @@ class Sandbox:
                 status=int(order.get("status") or 503),
                 count=int(order.get("count") or 1),
                 message=order.get("message"),
+                lose_response=bool(order.get("lose_response")),
             )
             with world.lock:
                 world.faults.setdefault(str(order["action"]), []).append(fault)
@@ -235,6 +236,17 @@ class Sandbox:
                     if instance is None or instance.status != "Running":
                         raise ValueError(f"{instance_id} is not a Running instance of this sandbox")
                 world.drop_ssh(instance_id, new_host_keys=new_keys)
+        for key, frozen in (("freeze", True), ("thaw", False)):
+            instance_id = order.get(key)
+            if instance_id:
+                with world.lock:
+                    instance = world.instances.get(instance_id)
+                    if instance is None or instance.status != "Running":
+                        raise ValueError(f"{instance_id} is not a Running instance of this sandbox")
+                try:
+                    world.hosts.freeze(instance_id, frozen)
+                except HostError as error:
+                    raise ValueError(str(error)) from None
         return {"ok": True}
 
     # -- the ECS API -----------------------------------------------------------------------
@@ -269,7 +281,7 @@ class Sandbox:
             if handler is None:
                 raise ApiError("InvalidAction.NotFound")
             fault = world.take_fault(action)
-            if fault is not None:
+            if fault is not None and not fault.lose_response:
                 raise ApiError(fault.code, status=fault.status, message=fault.message)
             with world.lock:
                 try:
@@ -281,6 +293,8 @@ class Sandbox:
                     raise ApiError("InternalError") from exc
             status, body_out = 200, {"RequestId": request_id, **answer}
             code = "OK"
+            if fault is not None:
+                status, code = LOST, "OK, answer dropped"
         except ApiError as error:
             status, code = error.status, error.code
             body_out = {
@@ -305,6 +319,9 @@ class Sandbox:
                 }
             )
         return status, body_out
+
+
+LOST = 0  # the status handle_api gives an answer that must never reach the caller
 
 
 def _mentioned_instances(params: dict[str, str]) -> list[str]:
@@ -345,6 +362,9 @@ def _handler_for(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 headers["x-acs-action"] = ""
                 query.pop("Action", None)
             status, answer = sandbox.handle_api(self.command, query, headers, body)
+            if status == LOST:
+                self.close_connection = True  # done, but the caller never hears of it
+                return
             self._send(status, answer)
 
         def _control(self, name: str, headers: dict[str, str], body: bytes) -> None:
