@@ -1,11 +1,13 @@
 """Benchmarks against the sandbox, each figure beside its reference measured in the same run.
 
-Usage: .venv/bin/python benchmarks/run.py [--smoke] [--json FILE]
+Usage: .venv/bin/python benchmarks/run.py [--smoke] [--json FILE] [--work-dir DIR]
 
-Rows measured so far (see the README's table): fan-out exec over open and fresh connections
-(reference: OpenSSH `ssh` to every instance in parallel), the delay from the sandbox's "SSH
-ready" to Fleet.start returning, DescribeInstances calls per poll, and a 100-instance start.
-`--smoke` runs every row on a few instances, as CI does: it checks the harness, not the targets.
+Every row of the README's table: fan-out exec over open and fresh connections (reference:
+OpenSSH `ssh` to every instance in parallel), copies of one big file and of a tree of small
+files both ways (reference: OpenSSH `scp` and `scp -r` to the same instance), the delay from the
+sandbox's "SSH ready" to Fleet.start returning, DescribeInstances calls per poll, peak memory
+while a script prints 1 GiB, and a 100-instance start. Timed figures are the median of 3 runs.
+`--smoke` runs every row small, as CI does: it checks the harness, not the targets.
 """
 
 from __future__ import annotations
@@ -13,16 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pymlsql_magics.core import EcsConfig, Fleet
+from pymlsql_magics.core import EcsConfig, Fleet, Instance
 from pymlsql_magics.sandbox import Sandbox, Timings
+
+_MiB = 1 << 20
+_HERE = Path(__file__).resolve().parent
 
 
 @dataclass
@@ -36,6 +44,20 @@ class Row:
     passed: bool
 
 
+@dataclass
+class Sizes:
+    fan_out: int  # instances for rows 1, 2 and 6
+    big_file: int  # bytes, row 3
+    tree_dirs: int  # row 4: folders of 100 files of 4 KiB
+    printed: int  # bytes, row 7
+    crowd: int  # instances, row 8
+    repeats: int
+
+
+FULL = Sizes(fan_out=32, big_file=512 * _MiB, tree_dirs=50, printed=1 << 30, crowd=100, repeats=3)
+SMOKE = Sizes(fan_out=4, big_file=16 * _MiB, tree_dirs=2, printed=16 * _MiB, crowd=8, repeats=1)
+
+
 def _fleet(sandbox: Sandbox, work: Path, **settings: object) -> Fleet:
     config = EcsConfig.from_env(
         sandbox.environment(), known_hosts=str(work / "known_hosts"), key_dir=str(work / "keys"), **settings
@@ -43,12 +65,14 @@ def _fleet(sandbox: Sandbox, work: Path, **settings: object) -> Fleet:
     return Fleet(config)
 
 
-def _openssh_parallel(instances: list, key: Path, command: str) -> float:
-    script = " ".join(
-        f"ssh -i {key} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-        f"-o LogLevel=ERROR root@{i.private_ip} '{command}' &"
-        for i in instances
-    )
+def _openssh_options(key: Path) -> list[str]:
+    return ["-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]  # fmt: skip
+
+
+def _openssh_parallel(instances: list[Instance], key: Path, command: str) -> float:
+    options = " ".join(_openssh_options(key))
+    script = " ".join(f"ssh {options} root@{i.private_ip} '{command}' &" for i in instances)
     started = time.perf_counter()
     subprocess.run(["bash", "-c", f"{script} wait"], check=True)
     return time.perf_counter() - started
@@ -60,76 +84,180 @@ def _timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def run(smoke: bool) -> list[Row]:
-    count = 4 if smoke else 32
-    big = 8 if smoke else 100
+def _median_of(repeats: int, call: Callable[[int], object]) -> float:
+    return statistics.median(_timed(lambda n=attempt: call(n)) for attempt in range(repeats))
+
+
+def _make_tree(top: Path, folders: int) -> None:
+    """`folders` folders of 100 files of 4 KiB."""
+    for folder in range(folders):
+        (top / f"dir{folder:02}").mkdir(parents=True)
+        for number in range(100):
+            (top / f"dir{folder:02}" / f"file{number:03}.bin").write_bytes(os.urandom(4096))
+
+
+def _scp(key: Path, *arguments: str) -> None:
+    subprocess.run(["scp", "-q", *_openssh_options(key), *arguments], check=True)
+
+
+def _start_latency(sandbox: Sandbox, fleet: Fleet, repeats: int) -> list[float]:
+    """Fleet.start of 4 instances `repeats` times: seconds from the last SSH ready to the return."""
+    delays = []
+    for _ in range(repeats):
+        instances = fleet.start(image_id="m-sandbox-webuser", count=4, key_pair_name="bench")
+        returned_at = time.time()
+        events = sandbox.log()["instances"]
+        delays.append(returned_at - max(events[i.instance_id]["ssh_ready_at"] for i in instances))
+        fleet.stop(instances)
+    return delays
+
+
+def run(sizes: Sizes, work: Path) -> list[Row]:
+    count, repeats = sizes.fan_out, sizes.repeats
     timings = Timings(pending=1.0, starting=1.0, stopping=0.3, boot=1.0)
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="pymlsql-bench-") as folder:
-        work = Path(folder)
-        with Sandbox(work / "sandbox", timings=timings).start() as sandbox:
-            fleet = _fleet(sandbox, work, max_parallel=64)
-            started_at = time.time()
-            instances = fleet.start(image_id="m-sandbox-webuser", count=count, key_pair_name="bench",
-                                    init_ssh_key=True)  # fmt: skip
-            returned_at = time.time()
-            log = sandbox.log()
-            ready_at = max(log["instances"][i.instance_id]["ssh_ready_at"] for i in instances)
-            polls = [r for r in log["requests"] if r["action"] == "DescribeInstances" and r["time"] >= started_at]
-            mentioned = {len(r["instance_ids"]) for r in polls}
-            rows.append(Row(5, "start returns after the last instance's SSH ready", returned_at - ready_at, "s",
-                            "sandbox event log", "<= 0.5 s", returned_at - ready_at <= 0.5))  # fmt: skip
-            rows.append(Row(6, f"DescribeInstances per poll for {count} instances", 1.0 if mentioned == {count} else
-                            float(max(mentioned or {0})) / count, "calls", f"{len(polls)} polls in the request log",
-                            "1, independent of N", mentioned == {count}))  # fmt: skip
+    with Sandbox(work / "sandbox", timings=timings).start() as sandbox:
+        fleet = _fleet(sandbox, work, max_parallel=64)
+        started_at = time.time()
+        instances = fleet.start(image_id="m-sandbox-webuser", count=count, key_pair_name="bench",
+                                init_ssh_key=True)  # fmt: skip
+        log = sandbox.log()
+        polls = [r for r in log["requests"] if r["action"] == "DescribeInstances" and r["time"] >= started_at]
+        mentioned = {len(r["instance_ids"]) for r in polls}
+        rows.append(Row(6, f"DescribeInstances per poll for {count} instances", 1.0 if mentioned == {count} else
+                        float(max(mentioned or {0})) / count, "calls", f"{len(polls)} polls in the request log",
+                        "1, independent of N", mentioned == {count}))  # fmt: skip
 
-            fleet.exec(instances, "true")  # connections open
-            warm = statistics.median(_timed(lambda: fleet.exec(instances, "sleep 1")) for _ in range(3))
-            rows.append(Row(1, f"exec sleep 1 on {count} instances, connections open", warm, "s", "-",
-                            "<= 1.15 s", warm <= 1.15))  # fmt: skip
+        delays = _start_latency(sandbox, fleet, repeats)
+        delay = statistics.median(delays)
+        rows.append(Row(5, "start returns after the last instance's SSH ready", delay, "s",
+                        f"sandbox event log; {len(delays)} starts of 4: " + ", ".join(f"{d:.2f}" for d in delays),
+                        "median <= 0.5 s", delay <= 0.5))  # fmt: skip
 
-            key = work / "keys" / "bench"
-            fresh_times, ssh_times = [], []
-            for _ in range(3):
-                cold = _fleet(sandbox, work, max_parallel=64)
-                fresh_times.append(_timed(lambda f=cold: f.exec(instances, "sleep 1")))
-                cold.close()
-                ssh_times.append(_openssh_parallel(instances, key, "sleep 1"))
-            fresh, openssh = statistics.median(fresh_times), statistics.median(ssh_times)
-            rows.append(Row(2, f"exec sleep 1 on {count} instances, fresh connections", fresh, "s",
-                            f"OpenSSH in parallel {openssh:.2f} s", "<= 1.0x OpenSSH", fresh <= openssh))  # fmt: skip
-            fleet.stop(instances)
-            fleet.close()
+        fleet.exec(instances, "true")  # connections open
+        warm = statistics.median(_timed(lambda: fleet.exec(instances, "sleep 1")) for _ in range(repeats))
+        rows.append(Row(1, f"exec sleep 1 on {count} instances, connections open", warm, "s", "-",
+                        "<= 1.15 s", warm <= 1.15))  # fmt: skip
 
-            before = time.time()
-            crowd = _fleet(sandbox, work, max_parallel=64)
-            many = crowd.start(image_id="m-sandbox-webuser", count=big, key_pair_name="bench")
-            after = time.time()
-            log = sandbox.log()
-            run_calls = [r for r in log["requests"] if r["action"] == "RunInstances" and r["time"] >= before]
-            events = [log["instances"][i.instance_id] for i in many]
-            spread = max(e["ssh_ready_at"] for e in events) - min(e["running_at"] for e in events)
-            limit = timings.boot + 2.0
-            rows.append(Row(8, f"start {big} instances: all SSH-ready after Running", spread, "s",
-                            f"{len(run_calls)} RunInstances; start returned in {after - before:.1f} s",
-                            f"1 call; <= boot delay + 2 s = {limit:g} s",
-                            len(run_calls) == 1 and spread <= limit))  # fmt: skip
-            crowd.stop(many)
-            crowd.close()
+        key = work / "keys" / "bench"
+        fresh_times, ssh_times = [], []
+        for _ in range(repeats):
+            cold = _fleet(sandbox, work, max_parallel=64)
+            fresh_times.append(_timed(lambda f=cold: f.exec(instances, "sleep 1")))
+            cold.close()
+            ssh_times.append(_openssh_parallel(instances, key, "sleep 1"))
+        fresh, openssh = statistics.median(fresh_times), statistics.median(ssh_times)
+        rows.append(Row(2, f"exec sleep 1 on {count} instances, fresh connections", fresh, "s",
+                        f"OpenSSH in parallel {openssh:.2f} s", "<= 1.0x OpenSSH", fresh <= openssh))  # fmt: skip
+
+        rows += _copy_rows(fleet, instances[0], key, work, sizes)
+        rows.append(_memory_row(sandbox, instances[0], work, sizes.printed))
+        fleet.stop(instances)
+        fleet.close()
+
+        before = time.time()
+        crowd = _fleet(sandbox, work, max_parallel=64)
+        many = crowd.start(image_id="m-sandbox-webuser", count=sizes.crowd, key_pair_name="bench")
+        after = time.time()
+        log = sandbox.log()
+        run_calls = [r for r in log["requests"] if r["action"] == "RunInstances" and r["time"] >= before]
+        events = [log["instances"][i.instance_id] for i in many]
+        spread = max(e["ssh_ready_at"] for e in events) - min(e["running_at"] for e in events)
+        limit = timings.boot + 2.0
+        rows.append(Row(8, f"start {sizes.crowd} instances: all SSH-ready after Running", spread, "s",
+                        f"{len(run_calls)} RunInstances; start returned in {after - before:.1f} s",
+                        f"1 call; <= boot delay + 2 s = {limit:g} s",
+                        len(run_calls) == 1 and spread <= limit))  # fmt: skip
+        crowd.stop(many)
+        crowd.close()
     return sorted(rows, key=lambda row: row.number)
+
+
+def _copy_rows(fleet: Fleet, instance: Instance, key: Path, work: Path, sizes: Sizes) -> list[Row]:
+    host = f"root@{instance.private_ip}"
+    big = work / "big.bin"
+    with big.open("wb") as out:
+        for _ in range(sizes.big_file // _MiB):
+            out.write(os.urandom(_MiB))
+    tree = work / "tree"
+    _make_tree(tree, sizes.tree_dirs)
+    down = work / "down"
+    down.mkdir()
+    fleet.exec([instance], "mkdir -p /root/bench")
+    repeats = sizes.repeats
+
+    scp_up = _median_of(repeats, lambda n: _scp(key, str(big), f"{host}:/root/bench/scp-{n}.bin"))
+    our_up = _median_of(repeats, lambda n: fleet.copy_to([instance], str(big), f"/root/bench/our-{n}.bin"))
+    scp_down = _median_of(repeats, lambda n: _scp(key, f"{host}:/root/bench/scp-{n}.bin", str(down / f"scp-{n}")))
+    our_down = _median_of(repeats, lambda n: fleet.copy_from(instance, f"/root/bench/our-{n}.bin",
+                                                             str(down / f"our-{n}")))  # fmt: skip
+    _same_bytes(big, down / "our-0")
+    megabytes = sizes.big_file / _MiB
+    rows = []
+    for direction, ours, theirs in (("up", our_up, scp_up), ("down", our_down, scp_down)):
+        rows.append(Row(3, f"copy one {megabytes:.0f} MiB file {direction}", megabytes / ours, "MB/s",
+                        f"scp {megabytes / theirs:.0f} MB/s ({ours / theirs:.2f}x its time)",
+                        ">= 1.0x scp's throughput", ours <= theirs))  # fmt: skip
+
+    files = sizes.tree_dirs * 100
+    scp_up = _median_of(repeats, lambda n: _scp(key, "-r", str(tree), f"{host}:/root/bench/scp-tree-{n}"))
+    our_up = _median_of(repeats, lambda n: fleet.copy_to([instance], str(tree), f"/root/bench/our-tree-{n}"))
+    scp_down = _median_of(repeats, lambda n: _scp(key, "-r", f"{host}:/root/bench/scp-tree-{n}",
+                                                  str(down / f"scp-tree-{n}")))  # fmt: skip
+    our_down = _median_of(repeats, lambda n: fleet.copy_from(instance, f"/root/bench/our-tree-{n}",
+                                                             str(down / f"our-tree-{n}")))  # fmt: skip
+    _same_tree(tree, down / "our-tree-0")
+    for direction, ours, theirs in (("up", our_up, scp_up), ("down", our_down, scp_down)):
+        rows.append(Row(4, f"copy {files} files of 4 KiB in {sizes.tree_dirs} folders {direction}", ours, "s",
+                        f"scp -r {theirs:.2f} s ({theirs / ours:.1f}x faster)", ">= 5x faster than scp -r",
+                        theirs >= 5 * ours))  # fmt: skip
+    fleet.exec([instance], "rm -rf /root/bench")
+    shutil.rmtree(down)
+    return rows
+
+
+def _same_bytes(expected: Path, got: Path) -> None:
+    subprocess.run(["cmp", "--quiet", str(expected), str(got)], check=True)
+
+
+def _same_tree(expected: Path, got: Path) -> None:
+    subprocess.run(["diff", "-r", "--brief", str(expected), str(got)], check=True)
+
+
+def _memory_row(sandbox: Sandbox, instance: Instance, work: Path, size: int) -> Row:
+    probe = subprocess.run(
+        [sys.executable, str(_HERE / "exec_memory.py"), instance.instance_id, str(work / "known_hosts"),
+         str(work / "keys"), str(size)],
+        env={**os.environ, **sandbox.environment()}, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    found = json.loads(probe.stdout)
+    growth = (found["peak"] - found["rss_before"]) / _MiB
+    streamed = found["streamed"] / _MiB
+    return Row(7, f"peak RSS growth while a script prints {size / _MiB:.0f} MiB", growth, "MiB",
+               f"{streamed:.0f} MiB streamed in {found['seconds']:.1f} s; RSS before "
+               f"{found['rss_before'] / _MiB:.0f} MiB", "<= 64 MiB",
+               growth <= 64 and found["streamed"] == size)  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few instances only: checks the harness")
+    parser.add_argument("--smoke", action="store_true", help="every row small: checks the harness")
     parser.add_argument("--json", default="benchmarks/results.json", help="where to save the rows")
+    parser.add_argument("--work-dir", help="where the sandbox's disks and the test files go (default: a temp folder)")
     args = parser.parse_args()
-    rows = run(args.smoke)
-    print(f"{'#':>2}  {'what':<52} {'value':>9}  {'reference':<40} {'target':<28} result")
+    with tempfile.TemporaryDirectory(prefix="pymlsql-bench-", dir=args.work_dir) as folder:
+        rows = run(SMOKE if args.smoke else FULL, Path(folder))
+    print(f"{'#':>2}  {'what':<56} {'value':>12}  {'reference':<48} {'target':<32} result")
     for row in rows:
-        print(f"{row.number:>2}  {row.what:<52} {row.value:>7.2f} {row.unit:<2} {row.reference:<40} "
-              f"{row.target:<28} {'pass' if row.passed else 'FAIL'}")  # fmt: skip
-    machine = {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke}
+        print(f"{row.number:>2}  {row.what:<56} {row.value:>7.2f} {row.unit:<5} {row.reference:<48} "
+              f"{row.target:<32} {'pass' if row.passed else 'FAIL'}")  # fmt: skip
+    machine = {
+        "cores": os.cpu_count(),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+        "smoke": args.smoke,
+    }
     Path(args.json).write_text(json.dumps({"machine": machine, "rows": [asdict(r) for r in rows]}, indent=2))
     return 0
 

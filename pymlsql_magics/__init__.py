@@ -8,7 +8,11 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Registers %ecs_start, %%ecs_exec, %ecs_copy, %ecs_stop, %ecs_list and %ecs_sandbox."""
+    """Registers %ecs_start, %%ecs_exec, %ecs_copy, %ecs_stop, %ecs_list and %ecs_sandbox, and lists
+    the instances this tool created that are still there."""
     from .magics import EcsMagics  # IPython is only needed once the extension loads
 
-    ipython.register_magics(EcsMagics)
+    magics = EcsMagics(ipython)
+    ipython.register_magics(magics)
+    # Instances left by an earlier kernel cost money until released: say so at once.
+    magics.report_leftovers()

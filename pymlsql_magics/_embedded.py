@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
-from .core import EcsConfig
+from .core import ConfigError, EcsConfig
 from .sandbox import default_state_dir
+from .sandbox._control import SandboxControlError
 from .sandbox._control import start as start_sandbox
 
 
@@ -14,7 +16,15 @@ def with_sandbox_fallback(config: EcsConfig, say: Callable[[str], None]) -> EcsC
     if config.has_credentials:
         return config
     state_dir = default_state_dir()
-    info, started = start_sandbox(state_dir)
+    try:
+        info, started = start_sandbox(state_dir)
+    except (OSError, SandboxControlError) as error:
+        raise ConfigError(
+            f"no Alibaba Cloud credentials found, and the local sandbox cannot start in {state_dir}: "
+            + _reason(error, state_dir),
+            hint="Set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET (or configure the aliyun "
+            "CLI) to use Alibaba Cloud, or set PYMLSQL_SANDBOX_DIR to a folder you can write.",
+        ) from None
     say(
         "NO ALIBABA CLOUD CREDENTIALS FOUND: using the local ECS sandbox at "
         f"{info['endpoint']} ({'started it' if started else 'already running'}, state dir {state_dir}). "
@@ -27,3 +37,11 @@ def with_sandbox_fallback(config: EcsConfig, say: Callable[[str], None]) -> EcsC
         access_key_secret=info["access_key_secret"],
         credentials_source="local sandbox",
     )
+
+
+def _reason(error: Exception, state_dir: Path) -> str:
+    if isinstance(error, OSError):
+        return f"{error.strerror or error} ({error.filename})" if error.filename else str(error.strerror or error)
+    # The control error quotes the sandbox's log below its first line; the log stays on disk.
+    first = str(error).splitlines()[0].rstrip(":")
+    return first if "server.log" in first else f"{first} (see {state_dir / 'server.log'})"

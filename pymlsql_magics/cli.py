@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from ._embedded import with_sandbox_fallback
@@ -32,6 +32,13 @@ from .sandbox import _cli as sandbox_cli
 from .sandbox._control import SandboxControlError
 from .sandbox._hosts import HostError
 from .sandbox._server import SandboxBusyError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes read like every other error: one line and a hint, not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pymlsql: error: {message}\nHint: `{self.prog} --help` lists what it takes.\n")
 
 
 def _flag(text: str) -> bool:
@@ -53,7 +60,7 @@ def _duration(text: str) -> float:
 def _tag(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. --tag team=ml), got {text!r}")
     return key, value
 
 
@@ -71,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--need-public-ip", type=_flag, default=False, metavar="true|false",
                      help="connect through the public IP (default false: the private IP)")  # fmt: skip
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pymlsql",
         description="Run Alibaba Cloud ECS instances from shell scripts: start, exec-shell, copy, stop.",
         epilog="Credentials: ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET, AK/AKS, or the aliyun CLI's profile; "
@@ -194,7 +201,10 @@ def _start(fleet: Fleet, args: argparse.Namespace) -> int:
         try:
             user_data = Path(args.user_data_file).read_text()
         except OSError as error:
-            raise ConfigError(f"cannot read the user data file {args.user_data_file}: {error.strerror}") from None
+            raise ConfigError(
+                f"cannot read the user data file {args.user_data_file}: {error.strerror}",
+                hint="Check --user-data-file.",
+            ) from None
     if not args.image_id and not args.instance_id and not args.name:
         raise ConfigError("nothing to start", hint="Pass --image-id (or --instance-id to reuse an instance).")
     instances = fleet.start(
@@ -289,12 +299,18 @@ def _exec_shell(fleet: Fleet, args: argparse.Namespace) -> int:
     failures = {i: o for i, o in result.items() if not isinstance(o, ExecResult)}
     if failures:
         raise FleetError(
-            "; ".join(f"{instance_id}: {str(error).splitlines()[0]}" for instance_id, error in failures.items()),
+            "; ".join(_naming(instance_id, error) for instance_id, error in failures.items()),
             result=result,
             hint=next((e.hint for e in failures.values() if getattr(e, "hint", None)), None),  # type: ignore[attr-defined]
         )
     statuses = [outcome.exit_status for outcome in result.values() if isinstance(outcome, ExecResult)]
     return next((status for status in statuses if status != 0), 0)
+
+
+def _naming(instance_id: str, error: object) -> str:
+    """The first line of an instance's error, led by its id unless the error already starts with it."""
+    line = str(error).splitlines()[0]
+    return line if line.startswith(instance_id) else f"{instance_id}: {line}"
 
 
 def _copy_from_local(fleet: Fleet, args: argparse.Namespace) -> int:

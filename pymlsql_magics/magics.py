@@ -70,7 +70,7 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"{what} must be KEY=VALUE, got {item!r}")
+            raise UsageError(f"{what} must be KEY=VALUE, got {item!r}\nHint: e.g. {what} team=ml")
         pairs[key] = value
     return pairs
 
@@ -82,10 +82,16 @@ class EcsMagics(Magics):
     region_id = Unicode(_DEFAULTS.region_id, help="Region of the instances.").tag(config=True)
     start_timeout = Float(_DEFAULTS.start_timeout, help="Seconds to wait for Running and SSH.").tag(config=True)
     ssh_connect_timeout = Float(_DEFAULTS.ssh_connect_timeout, help="Seconds to connect over SSH.").tag(config=True)
+    keepalive_interval = Float(
+        _DEFAULTS.keepalive_interval, help="Seconds of silence before checking a connection still answers."
+    ).tag(config=True)
     max_parallel = Int(_DEFAULTS.max_parallel, help="Instances worked on at once.").tag(config=True)
     known_hosts = Unicode(_DEFAULTS.known_hosts, help="Where host keys are pinned.").tag(config=True)
     key_dir = Unicode(_DEFAULTS.key_dir, help="Folder of private keys, one file per key pair.").tag(config=True)
     api_attempts = Int(_DEFAULTS.api_attempts, help="Tries of a throttled or failing API call.").tag(config=True)
+    exec_output_limit = Int(
+        _DEFAULTS.exec_output_limit, help="Characters of each stream kept in -o results (the last ones)."
+    ).tag(config=True)
     key_pair_name = Unicode("", help="Key pair for new instances and for logging in.").tag(config=True)
     instance_type = Unicode("ecs.g7.large", help="Instance type of new instances.").tag(config=True)
     default_user = Unicode("root", help="User that %%ecs_exec and %ecs_copy act as.").tag(config=True)
@@ -101,6 +107,9 @@ class EcsMagics(Magics):
     # -- configuration ---------------------------------------------------------------------
 
     def _config(self, **flags: Any) -> EcsConfig:
+        return with_sandbox_fallback(self._settings(**flags), self._announce)
+
+    def _settings(self, **flags: Any) -> EcsConfig:
         # Only settings given through %config (or ipython_config.py) beat the environment; a trait
         # still at its default must not hide ALIBABA_CLOUD_REGION_ID and the like.
         settings = {
@@ -108,8 +117,38 @@ class EcsMagics(Magics):
             for f in fields(EcsConfig)
             if self.has_trait(f.name) and getattr(self, f.name) != self.trait_defaults(f.name)
         }
-        config = EcsConfig.from_env(**{**settings, **{k: v for k, v in flags.items() if v is not None}})
-        return with_sandbox_fallback(config, self._announce)
+        return EcsConfig.from_env(**{**settings, **{k: v for k, v in flags.items() if v is not None}})
+
+    def report_leftovers(self) -> None:
+        """Says which instances this tool created are still there, from an earlier kernel say.
+
+        Runs when the extension loads. It never starts a sandbox, and a failure to look is one line.
+        """
+        try:
+            config = self._settings(api_attempts=1)
+            if not config.has_credentials:
+                info = sandbox_control.read_server(default_state_dir())
+                if info is None:
+                    return
+                config = config.with_changes(endpoint=info["endpoint"], region_id=info["region_id"],
+                                             access_key_id=info["access_key_id"],
+                                             access_key_secret=info["access_key_secret"],
+                                             credentials_source="local sandbox")  # fmt: skip
+            with Fleet(config) as fleet:
+                left = fleet.find()
+        except PymlsqlError as error:
+            print(f"pymlsql: could not look for instances left running: {str(error).splitlines()[0]}", file=sys.stderr)
+            return
+        if not left:
+            return
+        shown = ", ".join(f"{i.instance_id} ({i.status}{', ' + i.name if i.name else ''})" for i in left[:10])
+        more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+        where = " in the local sandbox" if config.credentials_source == "local sandbox" else ""
+        print(
+            f"pymlsql: {len(left)} instance(s) this tool created are still there{where}: {shown}{more}.\n"
+            "Release them with %ecs_stop --all (or %ecs_stop NAME); %ecs_list shows them.",
+            file=sys.stderr,
+        )
 
     def _announce(self, message: str) -> None:
         # Loud once per sandbox, not on every magic.
@@ -192,7 +231,9 @@ class EcsMagics(Magics):
                 try:
                     user_data = Path(args.user_data).expanduser().read_text()
                 except OSError as error:
-                    raise ConfigError(f"cannot read the user data file {args.user_data}: {error.strerror}") from None
+                    raise ConfigError(
+                        f"cannot read the user data file {args.user_data}: {error.strerror}", hint="Check --user-data."
+                    ) from None
             fleet = self._session(start_timeout=args.timeout, region_id=args.region)
             view = StartView(sandbox=self._sandboxed, live=has_widget_frontend())
             instances = fleet.start(
@@ -251,7 +292,7 @@ class EcsMagics(Magics):
             if args.out:
                 self.shell.user_ns[args.out] = result
             if result.failed and not args.allow_fail:
-                raise FleetError(_exec_failure(result), result=result)
+                raise FleetError(_exec_failure(result), result=result, hint=_failure_hint(result))
 
     @line_magic
     @magic_arguments()
@@ -288,8 +329,8 @@ class EcsMagics(Magics):
                                         args.public, view)  # fmt: skip
             view.finish(dict(result))
             if result.failed:
-                reasons = "; ".join(f"{i}: {str(e).splitlines()[0]}" for i, e in result.failed.items())
-                raise FleetError(f"the copy failed on {reasons}", result=result)
+                reasons = "; ".join(_naming(i, e) for i, e in result.failed.items())
+                raise FleetError(f"the copy failed on {reasons}", result=result, hint=_failure_hint(result))
 
     def _download(self, fleet: Fleet, instances: list[Instance], source: str, target: str, user: str,
                   key: str | None, public: bool, view: CopyView) -> FleetResult:  # fmt: skip
@@ -366,6 +407,16 @@ def _exec_failure(result: FleetResult) -> str:
     parts = []
     for instance_id, outcome in result.failed.items():
         status = getattr(outcome, "exit_status", None)
-        reason = f"exit {status}" if status is not None else str(outcome).splitlines()[0]
-        parts.append(f"{instance_id} {reason}" if status is not None else f"{instance_id}: {reason}")
+        parts.append(f"{instance_id} exit {status}" if status is not None else _naming(instance_id, outcome))
     return f"the script failed on {len(parts)} of {len(result)} instance(s): " + ", ".join(parts)
+
+
+def _naming(instance_id: str, error: object) -> str:
+    """The first line of an instance's error, led by its id unless the error already starts with it."""
+    line = str(error).splitlines()[0]
+    return line if line.startswith(instance_id) else f"{instance_id}: {line}"
+
+
+def _failure_hint(result: FleetResult) -> str | None:
+    """The hint of the first failure that has one: failures of one cell tend to share a cause."""
+    return next((o.hint for o in result.failed.values() if isinstance(o, PymlsqlError) and o.hint), None)

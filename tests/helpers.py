@@ -6,14 +6,17 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_ecs20140526.client import Client
 from alibabacloud_tea_openapi.models import Config
+from IPython.core.interactiveshell import InteractiveShell
 
 from pymlsql_magics.sandbox import Sandbox
 
@@ -139,3 +142,71 @@ def api_error(call: Callable[[], Any]) -> Any:
             raise
         return error
     raise AssertionError("the call succeeded, but an ECS error was expected")
+
+
+# -- the `pymlsql` command as a shell script runs it ---------------------------------------
+
+BIN = Path(sys.executable).parent
+PYMLSQL = str(BIN / "pymlsql")
+
+
+def environment(sandbox: Sandbox | None, home: Path, **extra: str) -> dict[str, str]:
+    """What a user's shell would have: the venv first on PATH, a HOME, the sandbox's variables."""
+    env = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(home), "LANG": "C.UTF-8"}
+    if sandbox is not None:
+        env.update(sandbox.environment())
+    env.update(extra)
+    return env
+
+
+def pymlsql(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYMLSQL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(done: subprocess.CompletedProcess[str], *, exit_code: int | None = None) -> list[str]:
+    """The error a failed command printed: one or two lines, the second a hint, no traceback."""
+    assert done.returncode != 0, done.stdout
+    if exit_code is not None:
+        assert done.returncode == exit_code, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "pymlsql: error: " in done.stderr, done.stderr
+    lines = done.stderr[done.stderr.index("pymlsql: error: ") :].strip().splitlines()
+    assert 1 <= len(lines) <= 2, lines
+    return lines
+
+
+def hinted_error(done: subprocess.CompletedProcess[str], *, exit_code: int | None = None) -> tuple[str, str]:
+    lines = error_lines(done, exit_code=exit_code)
+    assert len(lines) == 2 and lines[1].startswith("Hint: "), lines
+    return lines[0], lines[1]
+
+
+def requests_since(sandbox: Sandbox, mark: int, action: str) -> list[dict[str, Any]]:
+    return [r for r in sandbox.log()["requests"][mark:] if r["action"] == action]
+
+
+@contextmanager
+def creates_nothing(sandbox: Sandbox, *, run_calls: int = 0) -> Iterator[None]:
+    """No instance appears, even for a moment; `run_calls` RunInstances calls are made, all refused."""
+    known = set(sandbox.log()["instances"])
+    mark = len(sandbox.log()["requests"])
+    yield
+    assert set(sandbox.log()["instances"]) == known
+    calls = requests_since(sandbox, mark, "RunInstances") + requests_since(sandbox, mark, "CreateInstance")
+    assert len(calls) == run_calls and all(call["code"] != "OK" for call in calls), calls
+
+
+# -- the magics in a real IPython shell ----------------------------------------------------
+
+
+def magics_shell(folder: Path, *, key_dir: Path | None = None) -> InteractiveShell:
+    """The IPython shell with the extension loaded; its host keys, keys and logs under `folder`."""
+    ipython = InteractiveShell.instance()
+    ipython.history_manager.enabled = False
+    ipython.run_line_magic("load_ext", "pymlsql_magics")
+    magics = ipython.magics_manager.registry["EcsMagics"]
+    magics.known_hosts = str(folder / "known_hosts")
+    magics.key_dir = str(key_dir or folder / "keys")
+    magics.log_dir = str(folder / "logs")
+    magics.start_timeout = 60.0
+    return ipython

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -20,49 +18,12 @@ from pymlsql_magics.sandbox import Sandbox
 from pymlsql_magics.sandbox._control import stop as stop_sandbox
 
 from .conftest import FAST
-from .helpers import describe, new_client, ssh, unique
+from .helpers import describe, environment, error_lines, hinted_error, new_client, pymlsql, requests_since, ssh, unique
 
-BIN = Path(sys.executable).parent
-PYMLSQL = str(BIN / "pymlsql")
 REPO = Path(__file__).resolve().parent.parent
 WEBUSER_IMAGE = "m-sandbox-webuser"
 DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
 SEED_LINES = re.compile(r"instance_id:(i-\w+)\npublic_ip:([\d.]*)\nintern_ip:([\d.]+)\n")
-
-
-def environment(sandbox: Sandbox | None, home: Path, **extra: str) -> dict[str, str]:
-    """What a user's shell would have: the venv first on PATH, a HOME, the sandbox's variables."""
-    env = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(home), "LANG": "C.UTF-8"}
-    if sandbox is not None:
-        env.update(sandbox.environment())
-    env.update(extra)
-    return env
-
-
-def pymlsql(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYMLSQL, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def error_lines(done: subprocess.CompletedProcess[str], *, exit_code: int | None = None) -> list[str]:
-    """The error a failed command printed: one or two lines, the second a hint, no traceback."""
-    assert done.returncode != 0, done.stdout
-    if exit_code is not None:
-        assert done.returncode == exit_code, done.stderr
-    assert "Traceback" not in done.stderr
-    assert "pymlsql: error: " in done.stderr, done.stderr
-    lines = done.stderr[done.stderr.index("pymlsql: error: ") :].strip().splitlines()
-    assert 1 <= len(lines) <= 2, lines
-    return lines
-
-
-def hinted_error(done: subprocess.CompletedProcess[str], *, exit_code: int | None = None) -> tuple[str, str]:
-    lines = error_lines(done, exit_code=exit_code)
-    assert len(lines) == 2 and lines[1].startswith("Hint: "), lines
-    return lines[0], lines[1]
-
-
-def requests_since(sandbox: Sandbox, mark: int, action: str) -> list[dict[str, Any]]:
-    return [r for r in sandbox.log()["requests"][mark:] if r["action"] == action]
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,14 @@ from pymlsql_magics.magics import EcsMagics
 from pymlsql_magics.sandbox import _control
 from pymlsql_magics.widgets import ExecView
 
-from .helpers import unique
+from .helpers import magics_shell, unique
 
 
 @pytest.fixture
 def shell(sandbox, monkeypatch, tmp_path):
     for name, value in sandbox.environment().items():
         monkeypatch.setenv(name, value)
-    ipython = InteractiveShell.instance()
-    ipython.history_manager.enabled = False
-    ipython.run_line_magic("load_ext", "pymlsql_magics")
-    magics = ipython.magics_manager.registry["EcsMagics"]
-    magics.known_hosts = str(tmp_path / "known_hosts")
-    magics.key_dir = str(tmp_path / "keys")
-    magics.log_dir = str(tmp_path / "logs")
-    magics.start_timeout = 60.0
+    ipython = magics_shell(tmp_path)
     yield ipython
     ipython.run_line_magic("ecs_stop", "--all")
     ipython.user_ns.clear()

@@ -34,10 +34,16 @@ class EcsConfig:
     endpoint: str | None = None  # None: Alibaba Cloud's endpoint for region_id
     start_timeout: float = 600.0
     ssh_connect_timeout: float = 15.0
+    # Silence on a connection for this long makes it check the server still answers (within half
+    # as long again): a dead link fails the operation in at most 1.5 times this, never hangs it.
+    keepalive_interval: float = 10.0
     max_parallel: int = 16
     known_hosts: str = "~/.pymlsql/known_hosts"
     key_dir: str = "~/.ssh"
     api_attempts: int = 6
+    # Characters of each stream an ExecResult keeps per instance (the last ones): a script may
+    # print gigabytes, which stream through but are not held in memory.
+    exec_output_limit: int = 1 << 20
     access_key_id: str | None = field(default=None, repr=False)
     access_key_secret: str | None = field(default=None, repr=False)
     security_token: str | None = field(default=None, repr=False)
@@ -88,10 +94,12 @@ class EcsConfig:
             )
         if self.max_parallel < 1:
             raise ConfigError("max_parallel must be at least 1")
-        if self.start_timeout <= 0 or self.ssh_connect_timeout <= 0:
+        if self.start_timeout <= 0 or self.ssh_connect_timeout <= 0 or self.keepalive_interval <= 0:
             raise ConfigError("timeouts must be positive")
         if self.api_attempts < 1:
             raise ConfigError("api_attempts must be at least 1")
+        if self.exec_output_limit < 0:
+            raise ConfigError("exec_output_limit must be 0 or more")
 
     @property
     def has_credentials(self) -> bool:

@@ -1,7 +1,8 @@
 """The ECS API through the official SDK: the only module that imports it.
 
 Throttling, 5xx answers and network failures are retried with exponential backoff and full
-jitter; every other error becomes an EcsApiError carrying Code, Message, RequestId and a hint.
+jitter (an endpoint that refuses connections or does not resolve only twice); every other error
+becomes an EcsApiError carrying Code, Message, RequestId and a hint.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -26,6 +28,10 @@ from ._results import Instance
 
 T = TypeVar("T")
 _BATCH = 100
+# Nothing listens at the endpoint, or its name does not resolve: a second try covers an endpoint
+# that is restarting, more tries only delay the message.
+_UNREACHABLE = ("Connection refused", "Failed to resolve", "Name or service not known", "nodename nor servname")
+_UNREACHABLE_ATTEMPTS = 2
 _RETRIED_CODES = ("Throttling", "ServiceUnavailable", "InternalError", "Throttling.User", "Throttling.Api",
                   "Throttling.Resource", "OperationConflict", "LastTokenProcessing")  # fmt: skip
 _HINTS = {
@@ -34,11 +40,13 @@ _HINTS = {
     "InvalidImageId.NotFound": "Check the image id; list images with DescribeImages in this region.",
     "InvalidInstanceId.NotFound": "Check the instance id and the region (--region / ALIBABA_CLOUD_REGION_ID).",
     "InvalidKeyPairName.NotFound": "Create the key pair first, e.g. with --init-ssh-key true.",
+    "InvalidKeyPairName.Malformed": "Key pair names have 2-128 letters, digits, '.', '_', '-' or ':', a letter first.",
     "KeyPair.AlreadyExist": "Pick another key pair name, or reuse it with --init-ssh-key false.",
     "InvalidSecurityGroupId.NotFound": "Check the security group id and the region.",
     "InvalidVSwitchId.NotFound": "Check the vSwitch id and the zone.",
     "InvalidInstanceType.ValueNotSupported": "Pick an instance type this zone offers (DescribeInstanceTypes).",
-    "InvalidRegionId.NotFound": "Check the region id (ALIBABA_CLOUD_REGION_ID).",
+    "InvalidRegionId.NotFound": "Pick a region ECS offers: --region (or ALIBABA_CLOUD_REGION_ID), e.g. cn-hangzhou.",
+    "InvalidTagKey.Malformed": "Tag keys must not start with aliyun or acs: nor contain http://; rename the --tag.",
     "OperationDenied.NoStock": "Pick another zone or instance type.",
     "IncorrectInstanceStatus": "Wait until the instance is Running or Stopped, then try again.",
     "InvalidUserData.SizeExceeded": "Keep user data under 16 KB; copy larger files after start instead.",
@@ -165,11 +173,16 @@ class EcsClient:
                 code = error.code or ""
                 status = int(getattr(error, "status_code", 0) or (error.data or {}).get("statusCode") or 0)
                 retriable = not code or code in _RETRIED_CODES or code.startswith("Throttling") or status >= 500
-                if retriable and attempt < self.config.api_attempts:
+                attempts = self.config.api_attempts
+                if not code and any(sign in _network_cause(error) for sign in _UNREACHABLE):
+                    attempts = min(attempts, _UNREACHABLE_ATTEMPTS)
+                if retriable and attempt < attempts:
                     self._sleep(self._backoff(attempt))
                     attempt += 1
                     continue
-                raise _translate(what, error, attempts=attempt, retriable=retriable) from None
+                raise _translate(
+                    what, error, attempts=attempt, retriable=retriable, endpoint=self.config.endpoint
+                ) from None
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: a random wait up to an exponentially growing cap, so clients spread out.
@@ -210,20 +223,15 @@ def _sdk_config(config: EcsConfig) -> Config:
     return Config(**options)
 
 
-def _translate(what: str, error: TeaException, *, attempts: int, retriable: bool) -> EcsApiError:
+def _translate(
+    what: str, error: TeaException, *, attempts: int, retriable: bool, endpoint: str | None = None
+) -> EcsApiError:
     data = error.data if isinstance(error.data, dict) else {}
     code = error.code or ""
     message = str(data.get("Message") or "")
     request_id = str(data.get("RequestId") or getattr(error, "request_id", "") or "")
     if not code:
-        # No answer at all: connection refused, a timeout, or credentials the chain could not find.
-        cause = getattr(error, "inner_exception", None) or error.message or error
-        return EcsApiError(
-            f"ECS could not {what}: no answer from the endpoint ({_short(cause)})"
-            + (f" after {attempts} attempts" if attempts > 1 else ""),
-            code="NoResponse",
-            hint="Check the endpoint (PYMLSQL_ECS_ENDPOINT), the network and the credentials.",
-        )
+        return _no_answer(what, _network_cause(error), attempts=attempts, endpoint=endpoint)
     # Some messages span lines (SignatureDoesNotMatch quotes the string to sign); errors are one line.
     shown = " ".join(str(message or error.message or "").split())
     text = f"ECS could not {what}: {code}: {shown}"
@@ -243,6 +251,38 @@ def _hint(code: str, data: Mapping[str, Any], retriable: bool) -> str:
     if data.get("Recommend"):
         return f"See {data['Recommend']} for what {code} means and how to fix it."
     return f"Look up the error code {code} in the ECS API documentation."
+
+
+def _network_cause(error: TeaException) -> str:
+    """The text of what went wrong below HTTP (the SDK nests it in a RetryError's dict)."""
+    inner = getattr(error, "inner_exception", None)
+    return str(inner or error.message or error)
+
+
+def _no_answer(what: str, cause: str, *, attempts: int, endpoint: str | None) -> EcsApiError:
+    """No answer at all: nothing listening, a name that does not resolve, a timeout, or credentials
+    the chain could not find."""
+    where = endpoint or "the ECS endpoint"
+    after = f" (after {attempts} attempts)" if attempts > 1 else ""
+    setting = f"PYMLSQL_ECS_ENDPOINT ({endpoint})" if endpoint else "the network and proxy settings"
+    if "Connection refused" in cause:
+        return EcsApiError(
+            f"ECS could not {what}: {where} refused the connection{after}",
+            code="NoResponse",
+            hint=f"Check {setting}: nothing listens there. `pymlsql sandbox status` shows a local sandbox's endpoint.",
+        )
+    if any(sign in cause for sign in _UNREACHABLE):
+        return EcsApiError(
+            f"ECS could not {what}: the host of {where} does not resolve{after}",
+            code="NoResponse",
+            hint=f"Check {setting} and the DNS settings.",
+        )
+    errno = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", cause)
+    return EcsApiError(
+        f"ECS could not {what}: no answer from {where} ({errno[1].strip() if errno else _short(cause)}){after}",
+        code="NoResponse",
+        hint="Check the endpoint (PYMLSQL_ECS_ENDPOINT), the network and the credentials.",
+    )
 
 
 def _short(cause: object) -> str:

@@ -21,6 +21,10 @@ class PymlsqlError(Exception):
         message = super().__str__()
         return f"{message}\nHint: {self.hint}" if self.hint else message
 
+    def add_outcome(self, outcome: str) -> None:
+        """Adds what was done about the failure (say, released what it created) to the message."""
+        self.args = (f"{self.args[0]}; {outcome}", *self.args[1:])
+
 
 class ConfigError(PymlsqlError):
     """Missing or contradictory settings."""

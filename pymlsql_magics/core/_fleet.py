@@ -14,11 +14,26 @@ from typing import Any
 
 from ._config import EcsConfig
 from ._ecs import EcsClient
-from ._errors import ConfigError, FleetError, HostKeyMismatchError, PymlsqlError, SshError, WaitTimeoutError
+from ._errors import (
+    ConfigError,
+    FleetError,
+    HostKeyMismatchError,
+    InstanceStateError,
+    PymlsqlError,
+    SshError,
+    WaitTimeoutError,
+)
 from ._keys import ensure_key_pair
 from ._output import NullSink, OutputSink
 from ._results import CopyResult, ExecResult, FleetResult, Instance
-from ._ssh import KnownHosts, SshConnection, load_private_key
+from ._ssh import (
+    KnownHosts,
+    PrivateKey,
+    SshConnection,
+    console_fingerprints,
+    host_keys_in_cloud_config,
+    load_private_key,
+)
 from ._transfer import download, upload
 
 CREATED_BY = "pymlsql:created-by"
@@ -50,6 +65,8 @@ class Fleet:
         self.progress = progress
         self._connections: dict[tuple[str, bool], SshConnection] = {}
         self._lock = threading.Lock()
+        # Parsing an RSA key checks it, which costs tens of milliseconds: once per file, not per connection.
+        self._keys: dict[Path, tuple[int, PrivateKey]] = {}
         self._watch: Watch = _no_watch
 
     def __repr__(self) -> str:
@@ -76,7 +93,8 @@ class Fleet:
         if missing:
             raise ConfigError(
                 f"no instance {', '.join(missing)} in region {self.config.region_id}",
-                hint="Check the id and the region (ALIBABA_CLOUD_REGION_ID); `pymlsql list` shows this tool's ones.",
+                hint="Check the id and the region (--region, ALIBABA_CLOUD_REGION_ID); `pymlsql list` or %ecs_list "
+                "shows this tool's instances.",
             )
         return [found[instance_id] for instance_id in instance_ids]
 
@@ -122,18 +140,21 @@ class Fleet:
         """
         self._watch = watch or _no_watch
         if count < 1:
-            raise ConfigError("count must be at least 1")
-        key_path = None
-        if key_pair_name:
-            key_path = ensure_key_pair(self.ecs, key_pair_name, Path(self.config.key_dir).expanduser(),
-                                       create=init_ssh_key)  # fmt: skip
+            raise ConfigError(f"count must be at least 1, got {count}", hint="Pass --count 1 or more.")
+        _check_tags({CREATED_BY: _TOOL, **({NAME_TAG: name} if name else {})}, tags or {})
+        # Instances to reuse are checked before a key pair is made, so a bad id leaves nothing behind.
         reused: list[Instance] = []
         if instance_ids:
             reused = self.get(instance_ids)
+            _check_startable(reused)
         elif name:
             reused = [i for i in self.find(name) if i.status not in ("Stopping",)]
             if reused:
                 self.progress(f"found {len(reused)} instance(s) named {name}")
+        key_path = None
+        if key_pair_name:
+            key_path = ensure_key_pair(self.ecs, key_pair_name, Path(self.config.key_dir).expanduser(),
+                                       create=init_ssh_key)  # fmt: skip
         created: list[str] = []
         try:
             stopped = [instance.instance_id for instance in reused if instance.status == "Stopped"]
@@ -167,10 +188,14 @@ class Fleet:
             if wait_for_ssh:
                 self._wait_ssh(instances, key_path, public=need_public_ip)
             return instances
-        except (PymlsqlError, KeyboardInterrupt):
+        except (PymlsqlError, KeyboardInterrupt) as error:
             if created and not keep_on_failure:
                 self.progress(f"releasing the {len(created)} instance(s) this start created")
-                self._release_quietly(created)
+                released = self._release_quietly(created)
+                if isinstance(error, PymlsqlError) and released:
+                    error.add_outcome(f"released the {len(created)} instance(s) this start created")
+            elif created and isinstance(error, PymlsqlError):
+                error.add_outcome(f"kept the instance(s) it created: {', '.join(created)}")
             raise
 
     def _create(self, amount: int, *, name: str | None, ttl: float | None, tags: Mapping[str, str] | None,
@@ -200,6 +225,10 @@ class Fleet:
                 token = uuid.uuid4().hex
                 self.progress(f"creating {batch} instance(s) from {fields['image_id']}")
                 created += self.ecs.run_instances(amount=batch, client_token=token, **request)
+            # Host keys the cloud-config gives the instances are known now: pinned before any contact.
+            known = host_keys_in_cloud_config(user_data)
+            for instance_id in created if known else []:
+                self.known_hosts.pin(instance_id, known)
         except (PymlsqlError, KeyboardInterrupt):
             if created:
                 self._release_quietly(created)
@@ -227,12 +256,18 @@ class Fleet:
             if gone:
                 raise PymlsqlError(f"instance(s) {', '.join(sorted(gone))} disappeared while starting")
             if time.monotonic() > deadline:
+                late = [i for i in instances if i.status != "Running"]
+                named = ", ".join(f"{i.instance_id} (stuck in {i.status})" for i in late[:5])
+                more = f" and {len(late) - 5} more" if len(late) > 5 else ""
                 raise WaitTimeoutError(
-                    f"instances were not Running within {self.config.start_timeout:g} s ({summary})",
-                    hint="Raise start_timeout (--start-timeout), or check the instances in the ECS console.",
+                    f"{named}{more}: not Running within {self.config.start_timeout:g} s",
+                    hint="Raise the start timeout (--start-timeout of pymlsql start, --timeout of %ecs_start), "
+                    "or check the instances in the ECS console.",
                 )
+            # Capped at 1 s: every poll is one call for all the instances, and SSH is tried as
+            # soon as they are seen Running.
             time.sleep(interval)
-            interval = min(interval * 1.5, 3.0)
+            interval = min(interval * 1.5, 1.0)
 
     def _wait_ssh(self, instances: list[Instance], key_path: Path | None, *, public: bool) -> None:
         if key_path is None:
@@ -241,7 +276,7 @@ class Fleet:
                 self.progress("no key pair: not waiting for SSH")
                 return
             key_path = self.config.key_path(next(iter(named)))
-        load_private_key(key_path)  # a missing or unreadable key is no reason to wait: fail now
+        self._private_key(key_path)  # a missing or unreadable key is no reason to wait: fail now
         deadline = time.monotonic() + self.config.start_timeout
         self.progress(f"waiting for SSH on {len(instances)} instance(s)")
         ready_ids: set[str] = set()
@@ -250,7 +285,7 @@ class Fleet:
         def ready(instance: Instance) -> None:
             while True:
                 try:
-                    connection = self._connection(instance, key_path, public=public)
+                    connection = self._connection(instance, key_path, public=public, probing=True)
                     status, _ = connection.command("true")
                     if status == 0:
                         with ready_lock:
@@ -267,7 +302,9 @@ class Fleet:
                             f"{self.config.start_timeout:g} s: {str(error).splitlines()[0]}",
                             hint="Check the security group allows port 22, and the key pair.",
                         ) from None
-                time.sleep(0.5)
+                # A refused connect costs next to nothing, and the start returns as soon as the
+                # last instance answers.
+                time.sleep(0.1)
 
         self._parallel(instances, ready, raise_first=True)
 
@@ -298,12 +335,16 @@ class Fleet:
         cancel = cancel or threading.Event()
 
         def run_one(instance: Instance) -> ExecResult:
+            _require_running(instance)
             key = self._key_path(instance, key_pair_name)
             connection = self._connection(instance, key, public=public)
             started = time.monotonic()
-            status, stdout, stderr = connection.run(script, user=user, sink=sink, timeout=timeout, cancel=cancel,
-                                                    pty=pty)  # fmt: skip
-            return ExecResult(instance.instance_id, script, status, stdout, stderr, time.monotonic() - started)
+            status, stdout, stderr, truncated = connection.run(
+                script, user=user, sink=sink, timeout=timeout, cancel=cancel, pty=pty,
+                keep=self.config.exec_output_limit,
+            )  # fmt: skip
+            return ExecResult(instance.instance_id, script, status, stdout, stderr, time.monotonic() - started,
+                              truncated=truncated)  # fmt: skip
 
         result = FleetResult(self._parallel(list(instances), run_one, cancel=cancel))
         if check and result.failed:
@@ -323,17 +364,21 @@ class Fleet:
         public: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
         check: bool = True,
+        cancel: threading.Event | None = None,
     ) -> FleetResult:
         """Copies a local file or directory to every instance, owned there by `user`.
 
-        `progress(instance_id, bytes_done, bytes_total)` is called as bytes move.
+        `progress(instance_id, bytes_done, bytes_total)` is called as bytes move. Setting `cancel`,
+        or Ctrl-C, stops every copy; nothing partial is left at any target.
         """
+
+        cancel = cancel or threading.Event()
 
         def copy_one(instance: Instance) -> CopyResult:
             connection, report = self._copy_session(instance, key_pair_name, public, progress)
-            return upload(connection, source, target, user=user, progress=report)
+            return upload(connection, source, target, user=user, progress=report, cancel=cancel)
 
-        result = FleetResult(self._parallel(list(instances), copy_one))
+        result = FleetResult(self._parallel(list(instances), copy_one, cancel=cancel))
         if check and result.failed:
             raise FleetError(_failure_summary("the copy", result), result=result, hint=_first_hint(result))
         return result
@@ -348,10 +393,14 @@ class Fleet:
         key_pair_name: str | None = None,
         public: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> CopyResult:
-        """Copies a file or directory of one instance to the local `target`."""
+        """Copies a file or directory of one instance to the local `target`.
+
+        Setting `cancel` (from another thread) stops it; nothing partial is left behind.
+        """
         connection, report = self._copy_session(instance, key_pair_name, public, progress)
-        return download(connection, source, target, user=user, progress=report)
+        return download(connection, source, target, user=user, progress=report, cancel=cancel)
 
     def _copy_session(
         self,
@@ -361,6 +410,7 @@ class Fleet:
         progress: Callable[[str, int, int], None] | None,
     ) -> tuple[SshConnection, Callable[[int, int], None]]:
         """The instance's connection, and its progress reporter for one copy."""
+        _require_running(instance)
         connection = self._connection(instance, self._key_path(instance, key_pair_name), public=public)
         if progress is None:
             return connection, _no_progress
@@ -400,12 +450,14 @@ class Fleet:
                 raise WaitTimeoutError(f"instances did not reach {status or 'released'} in time")
             time.sleep(0.5)
 
-    def _release_quietly(self, ids: list[str]) -> None:
+    def _release_quietly(self, ids: list[str]) -> bool:
         try:
             self.ecs.delete(ids, force=True)
             self.known_hosts.forget(ids)
+            return True
         except PymlsqlError as error:
             self.progress(f"could not release {', '.join(ids)}: {error}")
+            return False
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -418,7 +470,7 @@ class Fleet:
             )
         return self.config.key_path(name)
 
-    def _connection(self, instance: Instance, key_path: Path, *, public: bool) -> SshConnection:
+    def _connection(self, instance: Instance, key_path: Path, *, public: bool, probing: bool = False) -> SshConnection:
         slot = (instance.instance_id, public)
         with self._lock:
             connection = self._connections.get(slot)
@@ -426,14 +478,44 @@ class Fleet:
             return connection
         connection = SshConnection(
             instance,
-            load_private_key(key_path),
+            self._private_key(key_path),
             self.known_hosts,
             public=public,
             connect_timeout=self.config.ssh_connect_timeout,
+            keepalive=self.config.keepalive_interval,
+            expected_host_keys=lambda: self._console_host_keys(instance.instance_id),
+            # While an instance boots its SYNs may go unanswered: try again soon rather than wait.
+            tcp_timeout=min(self.config.ssh_connect_timeout, 2.0) if probing else None,
+            key_path=key_path,
         )
         with self._lock:
             self._connections[slot] = connection
         return connection
+
+    def _console_host_keys(self, instance_id: str) -> set[str] | None:
+        """Fingerprints of the host keys the instance printed on its console at first boot."""
+        try:
+            shown = console_fingerprints(self.ecs.console_output(instance_id))
+        except PymlsqlError as error:
+            self.progress(f"cannot read the console of {instance_id} ({str(error).splitlines()[0]})")
+            shown = None
+        if shown is None:
+            self.progress(f"the console of {instance_id} shows no host keys: pinning the one it offers")
+        return shown
+
+    def _private_key(self, path: Path) -> PrivateKey:
+        try:
+            version = path.stat().st_mtime_ns
+        except OSError:
+            version = -1  # load_private_key says what is wrong with it
+        with self._lock:
+            cached = self._keys.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        key = load_private_key(path)
+        with self._lock:
+            self._keys[path] = (version, key)
+        return key
 
     def _drop(self, instance: Instance, public: bool) -> None:
         with self._lock:
@@ -470,6 +552,60 @@ class Fleet:
 
 def _no_progress(done: int, total: int) -> None:
     pass
+
+
+_MAX_TAGS = 20  # per instance, the tool's own included
+
+
+def _check_tags(own: Mapping[str, str], tags: Mapping[str, str]) -> None:
+    """Refuses tags ECS would refuse, before anything is created (ECS checks them only at RunInstances)."""
+    for key, value in tags.items():
+        if not key:
+            problem = "is empty"
+        elif key.startswith(("aliyun", "acs:")):
+            problem = "starts with aliyun or acs:, which ECS reserves for its own tags"
+        elif "http://" in key or "https://" in key:
+            problem = "contains http:// or https://, which ECS refuses"
+        elif len(key) > 128:
+            problem = "is longer than the 128 characters ECS allows"
+        elif value.startswith("acs:") or "http://" in value or "https://" in value or len(value) > 128:
+            raise ConfigError(
+                f"the value of the tag {key!r} is not allowed by ECS",
+                hint="Tag values have at most 128 characters, do not start with acs: and contain no http(s)://.",
+            )
+        else:
+            continue
+        raise ConfigError(f"the tag key {key!r} {problem}", hint="Pick another key for --tag KEY=VALUE.")
+    if len({**own, **tags}) > _MAX_TAGS:
+        raise ConfigError(
+            f"ECS allows {_MAX_TAGS} tags per instance; with the {len(own)} this tool adds, {len(tags)} are too many",
+            hint="Pass fewer --tag flags.",
+        )
+
+
+def _check_startable(instances: Sequence[Instance]) -> None:
+    """A Stopping instance can neither be started nor become Running: refuse it rather than wait."""
+    stopping = [instance.instance_id for instance in instances if instance.status == "Stopping"]
+    if stopping:
+        raise InstanceStateError(
+            f"{', '.join(stopping)} {'is' if len(stopping) == 1 else 'are'} Stopping, so cannot be started now",
+            code="IncorrectInstanceStatus",
+            hint="Wait until it is Stopped (pymlsql list or %ecs_list shows the status), then start it again.",
+        )
+
+
+def _require_running(instance: Instance) -> None:
+    """Only a Running instance can be logged in to; saying so beats a refused or timed-out SSH connect."""
+    if instance.status == "Running":
+        return
+    instance_id, status = instance.instance_id, instance.status
+    if status == "Stopped":
+        hint = f"Start it first: pymlsql start --instance-id {instance_id}, or %ecs_start --instance-id {instance_id}."
+    elif status == "Stopping":
+        hint = "Wait until it is Stopped, then start it again with start --instance-id."
+    else:
+        hint = "Wait until it is Running (pymlsql list or %ecs_list shows the status), then try again."
+    raise InstanceStateError(f"{instance_id} is {status}, not Running", code="IncorrectInstanceStatus", hint=hint)
 
 
 def _auto_release(ttl: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import sys
 import threading
+from collections import deque
 from typing import Literal, Protocol, TextIO
 
 StreamName = Literal["stdout", "stderr"]
@@ -54,14 +55,22 @@ class ConsoleSink:
 
 
 class StreamDecoder:
-    """Turns raw channel chunks into text without breaking multi-byte characters."""
+    """Turns raw channel chunks into text without breaking multi-byte characters.
 
-    def __init__(self, source: str, stream: StreamName, sink: OutputSink, *, terminal: bool = False) -> None:
+    Everything goes to the sink; only the last `keep` characters are held for `text`, so a script
+    that prints gigabytes costs no more memory than one that prints `keep`.
+    """
+
+    def __init__(self, source: str, stream: StreamName, sink: OutputSink, *, terminal: bool = False,
+                 keep: int = 1 << 20) -> None:  # fmt: skip
         self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
         self._source, self._stream, self._sink = source, stream, sink
         self._terminal = terminal
         self._held = ""
-        self.parts: list[str] = []
+        self._keep = keep
+        self._parts: deque[str] = deque()
+        self._kept = 0
+        self.dropped = 0  # characters no longer held, from the start of the stream
 
     def feed(self, chunk: bytes, *, final: bool = False) -> None:
         text = self._decode(chunk, final)
@@ -72,9 +81,22 @@ class StreamDecoder:
             if text.endswith("\r") and not final:
                 text, self._held = text[:-1], "\r"
         if text:
-            self.parts.append(text)
+            self._hold(text)
             self._sink.write(self._source, self._stream, text)
+
+    def _hold(self, text: str) -> None:
+        self._parts.append(text)
+        self._kept += len(text)
+        while self._parts and self._kept - len(self._parts[0]) >= self._keep:
+            first = self._parts.popleft()
+            self._kept -= len(first)
+            self.dropped += len(first)
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        whole = "".join(self._parts)
+        return whole[len(whole) - self._keep :] if len(whole) > self._keep else whole
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped > 0 or self._kept > self._keep

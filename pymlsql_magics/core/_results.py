@@ -40,7 +40,11 @@ class Instance:
 
 @dataclass(frozen=True)
 class ExecResult:
-    """What a script did on one instance, shaped like subprocess.CompletedProcess."""
+    """What a script did on one instance, shaped like subprocess.CompletedProcess.
+
+    `stdout` and `stderr` hold the last `EcsConfig.exec_output_limit` characters of each stream;
+    `truncated` says the script printed more than that (all of it went to the output sink).
+    """
 
     instance_id: str
     command: str
@@ -48,6 +52,7 @@ class ExecResult:
     stdout: str
     stderr: str
     duration: float
+    truncated: bool = False
 
     @property
     def ok(self) -> bool:

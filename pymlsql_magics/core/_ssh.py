@@ -7,18 +7,23 @@ the script ends; its process groups are killed on timeout or interrupt.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
 import os
+import re
 import shlex
 import socket
-import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import paramiko
+import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -27,26 +32,36 @@ from ._output import OutputSink, StreamDecoder
 from ._results import Instance
 
 _PID_MARK = b"pymlsql:pid="
+T = TypeVar("T")
+NO_USER_HINT = (
+    "Create the user first (useradd), or pick another user (--execute-user of pymlsql, --user of the magics)."
+)
+
 _NO_USER_STATUS = 125
 _CHUNK = 32768
+_STREAM_WINDOW = 16 << 20
+_STREAM_PACKET = 32768
+_STREAM_ERRORS_KEPT = 65536
 
 # Runs the script (sent on stdin) from a private temporary file, as USER like `su - USER` would, in
 # a session of its own whose id is announced first on stderr so it can be killed as a group.
+# Every process spawned here costs a few milliseconds on each of many instances at once, so the
+# common case (the login user runs the script) spawns as few as it can; mktemp makes it 0600.
 # `su -c` puts the user's shell in yet another session, so killing means the group of the
 # announced process and the groups of its children (see _GROUPS).
 _WRAPPER = r"""
-u={user}
-if ! id -u "$u" >/dev/null 2>&1; then
+u={user}; me=${{USER:-$(id -un)}}
+if [ "$me" != "$u" ] && ! id -u "$u" >/dev/null 2>&1; then
   printf 'pymlsql:pid=0\npymlsql: no user %s\n' "$u" >&2
   exit {no_user}
 fi
 f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
 trap 'rm -f "$f"' EXIT
-cat > "$f" && chmod 0600 "$f" || exit 124
-[ "$(id -un)" = "$u" ] || chown "$u" "$f" || exit 124
-if [ "$(id -un)" = "$u" ]; then
+cat > "$f" || exit 124
+if [ "$me" = "$u" ]; then
   (cd ~ && exec setsid /bin/bash "$f" </dev/null) &
 else
+  chown "$u" "$f" || exit 124
   setsid su - "$u" -s /bin/bash -c "exec /bin/bash $f" </dev/null &
 fi
 pid=$!
@@ -63,8 +78,8 @@ if ! id -u "$u" >/dev/null 2>&1; then
   exit {no_user}
 fi
 f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
-cat > "$f" && chmod 0600 "$f" || {{ rm -f "$f"; exit 124; }}
-[ "$(id -un)" = "$u" ] || chown "$u" "$f" || {{ rm -f "$f"; exit 124; }}
+cat > "$f" || {{ rm -f "$f"; exit 124; }}
+[ "${{USER:-$(id -un)}}" = "$u" ] || chown "$u" "$f" || {{ rm -f "$f"; exit 124; }}
 printf '%s' "$f"
 """
 _PTY_WRAPPER = r"""
@@ -83,6 +98,9 @@ fi
 _GROUPS = "-$pid $(pgrep -P $pid | sed s/^/-/)"
 
 
+PrivateKey = paramiko.PKey
+
+
 def load_private_key(path: Path) -> paramiko.PKey:
     """Reads an unencrypted private key: OpenSSH, PEM or PKCS#8 (as ECS's CreateKeyPair returns)."""
     try:
@@ -99,12 +117,23 @@ def load_private_key(path: Path) -> paramiko.PKey:
     except (paramiko.SSHException, ValueError):
         pass
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
+        return private_key_from_bytes(data)
+    except ValueError:
         raise SshError(
             f"{path} is not an unencrypted private key",
             hint="Use the key file ECS created for the key pair, without a passphrase.",
         ) from None
+
+
+def private_key_from_bytes(data: bytes) -> paramiko.PKey:
+    """An unencrypted private key in OpenSSH, PEM or PKCS#8 form; raises ValueError otherwise."""
+    try:
+        key: Any = serialization.load_ssh_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ValueError("not an unencrypted private key") from None
     if isinstance(key, rsa.RSAPrivateKey):
         return paramiko.RSAKey(key=key)
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -114,35 +143,115 @@ def load_private_key(path: Path) -> paramiko.PKey:
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
         )
         return paramiko.Ed25519Key(file_obj=io.StringIO(text.decode()))
-    raise SshError(f"{path}: unsupported key type {type(key).__name__}")
+    raise ValueError(f"unsupported key type {type(key).__name__}")
 
 
 def public_key_line(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.get_base64()}"
 
 
+# What cloud-init prints on the serial console at first boot, and ECS's GetInstanceConsoleOutput returns.
+_CONSOLE_FINGERPRINTS = re.compile(
+    r"-----BEGIN SSH HOST KEY FINGERPRINTS-----(.*?)-----END SSH HOST KEY FINGERPRINTS-----", re.S
+)
+_CONSOLE_KEYS = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)
+_FINGERPRINT = re.compile(r"\bSHA256:[A-Za-z0-9+/]{43}\b")
+
+ExpectedKeys = Callable[[], "set[str] | None"]
+
+
+def console_fingerprints(console: str) -> set[str] | None:
+    """The SHA256 fingerprints of the host keys the console shows, or None if it shows none.
+
+    The last block counts: a re-created instance prints its new keys after the old ones.
+    """
+    found: set[str] | None = None
+    for block in _CONSOLE_FINGERPRINTS.findall(console)[-1:]:
+        found = set(_FINGERPRINT.findall(block))
+    for block in _CONSOLE_KEYS.findall(console)[-1:]:
+        for line in block.strip().splitlines():
+            try:
+                found = (found or set()) | {_public_key(line).fingerprint}
+            except (paramiko.SSHException, ValueError, IndexError):
+                continue
+    return found or None
+
+
+def host_keys_in_cloud_config(user_data: str | None) -> list[str]:
+    """Public host key lines a `#cloud-config` sets through ssh_keys (derived from private keys if need be)."""
+    if not user_data or not user_data.lstrip().startswith("#cloud-config"):
+        return []
+    try:
+        config = yaml.safe_load(user_data)
+    except yaml.YAMLError:
+        return []
+    keys = config.get("ssh_keys") if isinstance(config, dict) else None
+    if not isinstance(keys, dict):
+        return []
+    lines = []
+    for name, value in keys.items():
+        if not isinstance(value, str):
+            continue
+        if name.endswith("_public"):
+            lines.append(value.strip())
+        elif name.endswith("_private") and f"{name[: -len('_private')]}_public" not in keys:
+            try:
+                lines.append(public_key_line(private_key_from_bytes(value.encode())))
+            except (paramiko.SSHException, ValueError):
+                continue
+    return lines
+
+
+def _public_key(line: str) -> paramiko.PKey:
+    kind, blob = line.split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+
+
 class KnownHosts:
-    """The tool's own known_hosts file: host keys pinned per instance id on first contact."""
+    """The tool's own known_hosts file: host keys pinned per instance id.
+
+    A new instance's key is checked against the fingerprints its console shows when it shows
+    some, so first contact is not blind trust; keys known in advance (cloud-config ssh_keys) are
+    pinned before any connection.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
 
-    def check(self, instance: Instance, address: str, offered: paramiko.PKey) -> None:
-        """Pins `offered` for a new instance; raises HostKeyMismatchError if it differs from the pin."""
+    def check(self, instance: Instance, address: str, offered: paramiko.PKey,
+              expected: ExpectedKeys | None = None) -> None:  # fmt: skip
+        """Pins `offered` for a new instance; raises HostKeyMismatchError if it differs from the pin,
+        or, on first contact, if it is not among the fingerprints `expected()` gives."""
         with self._lock:
-            keys = self._load()
-            pinned = keys.lookup(instance.instance_id)
-            if pinned is None or offered.get_name() not in pinned:
-                if pinned:
-                    # Pinned with another key type: only the pinned types are offered, so this is
-                    # a server that holds none of them.
-                    self._refuse(instance, address, next(iter(pinned.values())), offered)
-                keys.add(instance.instance_id, offered.get_name(), offered)
-                self._save(keys)
-                return
+            pinned = self._load().lookup(instance.instance_id)
+        if pinned is not None and offered.get_name() in pinned:
             if pinned[offered.get_name()] != offered:
                 self._refuse(instance, address, pinned[offered.get_name()], offered)
+            return
+        if pinned:
+            # Pinned with another key type: only the pinned types are offered, so this is a server
+            # that holds none of them.
+            self._refuse(instance, address, next(iter(pinned.values())), offered)
+        shown = expected() if expected is not None else None
+        if shown is not None and offered.fingerprint not in shown:
+            raise HostKeyMismatchError(
+                f"the SSH host key {offered.fingerprint} offered by {instance.instance_id} ({address}) is not "
+                "one its console output shows; refusing to connect",
+                host=address,
+                hint="Someone may be impersonating the instance. Compare the keys in the ECS console "
+                "(GetInstanceConsoleOutput) with the instance before trusting it.",
+            )
+        self.pin(instance.instance_id, [public_key_line(offered)])
+
+    def pin(self, instance_id: str, public_lines: list[str]) -> None:
+        """Pins keys known without connecting, such as those a cloud-config gave the instance."""
+        with self._lock:
+            keys = self._load()
+            for line in public_lines:
+                key = _public_key(line)
+                keys.add(instance_id, key.get_name(), key)
+            self._save(keys)
 
     def pinned_types(self, instance_id: str) -> list[str]:
         with self._lock:
@@ -194,8 +303,16 @@ class SshConnection:
         *,
         public: bool = False,
         connect_timeout: float = 15.0,
+        tcp_timeout: float | None = None,
+        key_path: Path | None = None,
+        keepalive: float = 10.0,
+        expected_host_keys: ExpectedKeys | None = None,
     ) -> None:
         self.instance = instance
+        self.keepalive = keepalive
+        self.key_path = key_path
+        self.known_hosts_path = known_hosts.path
+        self.connect_timeout = connect_timeout
         self.address = instance.address(public=public)
         if not self.address:
             which = "public" if public else "private"
@@ -204,22 +321,29 @@ class SshConnection:
                 hint="Start it with --need-public-ip true, or connect from inside its network.",
             )
         self.login = instance.ssh_login
-        self._transport = self._connect(key, known_hosts, connect_timeout)
+        self._transport = self._connect(key, known_hosts, connect_timeout, tcp_timeout or connect_timeout,
+                                        expected_host_keys)  # fmt: skip
 
-    def _connect(self, key: paramiko.PKey, known_hosts: KnownHosts, timeout: float) -> paramiko.Transport:
+    def _connect(self, key: paramiko.PKey, known_hosts: KnownHosts, timeout: float,
+                 tcp_timeout: float, expected: ExpectedKeys | None) -> paramiko.Transport:  # fmt: skip
         where = f"{self.instance.instance_id} ({self.address}:{self.instance.ssh_port})"
         try:
-            sock = socket.create_connection((self.address, self.instance.ssh_port), timeout=timeout)
+            sock = socket.create_connection((self.address, self.instance.ssh_port), timeout=tcp_timeout)
         except OSError as error:
             raise SshError(f"cannot reach SSH on {where}: {error.strerror or error}", host=self.address) from None
+        # Without it, each small request (open a channel, send a script) waits out Nagle's
+        # algorithm against the server's delayed ACK: about 40 ms per round trip.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
+        options = transport.get_security_options()
+        # AES-GCM first: paramiko moves output and copies markedly faster with it than with AES-CTR.
+        options.ciphers = [c for c in options.ciphers if "gcm" in c] + [c for c in options.ciphers if "gcm" not in c]
         pinned = known_hosts.pinned_types(self.instance.instance_id)
         if pinned:
-            options = transport.get_security_options()
             options.key_types = [kind for kind in options.key_types if kind in pinned] or options.key_types
         try:
             transport.start_client(timeout=timeout)
-            known_hosts.check(self.instance, self.address, transport.get_remote_server_key())
+            known_hosts.check(self.instance, self.address, transport.get_remote_server_key(), expected)
             transport.auth_publickey(self.login, key)
         except PymlsqlError:
             transport.close()
@@ -234,8 +358,26 @@ class SshConnection:
         except (paramiko.SSHException, OSError, EOFError) as error:
             transport.close()
             raise SshError(f"SSH handshake with {where} failed: {error}", host=self.address) from None
-        transport.set_keepalive(15)
+        transport.set_keepalive(max(1, int(self.keepalive)))
         return transport
+
+    def check_alive(self) -> None:
+        """Raises SshError unless the server answers a request within half the keepalive interval.
+
+        Called after a silence: a cut network or a hung machine gives no error by itself, the
+        connection would just wait forever.
+        """
+        try:
+            self._transport.open_session(timeout=self.keepalive / 2).close()
+        except (paramiko.SSHException, OSError, EOFError):
+            self._transport.close()
+            raise SshError(
+                f"lost the connection to {self.instance.instance_id} ({self.address}): no answer for "
+                f"{self.keepalive * 1.5:g} s",
+                host=self.address,
+                hint="The instance may be down or unreachable: check it with `pymlsql list` or %ecs_list, "
+                "then run the step again.",
+            ) from None
 
     @property
     def alive(self) -> bool:
@@ -253,9 +395,12 @@ class SshConnection:
         timeout: float | None = None,
         cancel: threading.Event | None = None,
         pty: bool = False,
-    ) -> tuple[int, str, str]:
-        """Runs `script` as `user`, streaming to `sink`; returns (exit status, stdout, stderr).
+        keep: int = 1 << 20,
+    ) -> tuple[int, str, str, bool]:
+        """Runs `script` as `user`, streaming to `sink`.
 
+        Returns (exit status, stdout, stderr, truncated): of each stream only the last `keep`
+        characters are kept, and `truncated` says whether anything was left out.
         With `pty`, the script runs on a terminal: programs that need one work, and its stderr
         arrives merged into stdout, as on any terminal.
         """
@@ -266,11 +411,11 @@ class SshConnection:
         else:
             command = _WRAPPER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS, groups=_GROUPS)
         channel = self._open()
-        out = StreamDecoder(source, "stdout", sink, terminal=pty)
-        err = StreamDecoder(source, "stderr", sink)
+        out = StreamDecoder(source, "stdout", sink, terminal=pty, keep=keep)
+        err = StreamDecoder(source, "stderr", sink, keep=keep)
         header: bytearray | None = bytearray()  # the wrapper's pid line, first on stderr (stdout on a pty)
         pid = 0
-        started = time.monotonic()
+        started = heard = time.monotonic()
 
         def announced(chunk: bytes) -> bytes:
             nonlocal header, pid
@@ -282,6 +427,8 @@ class SshConnection:
             line, _, rest = bytes(header).partition(b"\n")
             if line.rstrip(b"\r").startswith(_PID_MARK):
                 pid, chunk = int(line.rstrip(b"\r")[len(_PID_MARK) :] or 0), rest
+                if pid == 0:
+                    chunk = b""  # the wrapper's complaint that the user does not exist: an error, not output
             else:  # the wrapper failed before announcing: all of it is real output
                 pid, chunk = -1, bytes(header)
             header = None
@@ -317,7 +464,12 @@ class SshConnection:
                         f"the script on {source} did not finish within {timeout:g} s; it was stopped",
                         hint="Raise the timeout, or run long jobs in the background (nohup ... &).",
                     )
-                if not busy:
+                if busy:
+                    heard = time.monotonic()
+                elif time.monotonic() - heard > self.keepalive:
+                    self.check_alive()
+                    heard = time.monotonic()
+                else:
                     channel.status_event.wait(0.02)
             out.feed(bytes(header or b"") if pty else b"", final=True)
             err.feed(b"" if pty else bytes(header or b""), final=True)
@@ -326,13 +478,13 @@ class SshConnection:
             raise SshError(f"the SSH session to {source} broke: {error}", host=self.address) from None
         finally:
             channel.close()
-        if status == _NO_USER_STATUS and err.text.startswith(f"pymlsql: no user {user}"):
+        if status == _NO_USER_STATUS and pid == 0:
             raise SshError(
                 f"there is no user {user!r} on {source}",
                 host=self.address,
-                hint="Create the user first (useradd), or pick another --execute-user.",
+                hint=NO_USER_HINT,
             )
-        return status, out.text, err.text
+        return status, out.text, err.text, out.truncated or err.truncated
 
     def _stage(self, script: str, user: str) -> str:
         """Writes the script to a private temporary file on the instance; returns its path."""
@@ -354,7 +506,7 @@ class SshConnection:
             raise SshError(
                 f"there is no user {user!r} on {self.instance.instance_id}",
                 host=self.address,
-                hint="Create the user first (useradd), or pick another --execute-user.",
+                hint=NO_USER_HINT,
             )
         if status != 0 or not path:
             raise SshError(f"cannot stage the script on {self.instance.instance_id}: {problem}", host=self.address)
@@ -375,9 +527,13 @@ class SshConnection:
         except (paramiko.SSHException, OSError, EOFError):
             pass  # the connection is gone, and with it the session
 
-    def _open(self) -> paramiko.Channel:
+    def open_channel(self, *, window_size: int | None = None, max_packet_size: int | None = None) -> paramiko.Channel:
+        """A new session channel; a wide window lets bulk data flow without waiting for acks."""
+        return self._open(window_size=window_size, max_packet_size=max_packet_size)
+
+    def _open(self, *, window_size: int | None = None, max_packet_size: int | None = None) -> paramiko.Channel:
         try:
-            return self._transport.open_session(timeout=30)
+            return self._transport.open_session(timeout=30, window_size=window_size, max_packet_size=max_packet_size)
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise SshError(
                 f"cannot open an SSH session on {self.instance.instance_id}: {error}", host=self.address
@@ -386,23 +542,96 @@ class SshConnection:
     def command(self, command: str) -> tuple[int, str]:
         """Runs a short command as the login user; returns (exit status, stdout + stderr)."""
         channel = self._open()
+        output, errors = bytearray(), bytearray()
         try:
+            channel.settimeout(self.keepalive)
             channel.exec_command(command)
             channel.shutdown_write()
-            data = channel.makefile("rb").read() + channel.makefile_stderr("rb").read()
-            return channel.recv_exit_status(), data.decode(errors="replace")
+            while True:
+                try:
+                    while channel.recv_stderr_ready():
+                        errors += channel.recv_stderr(_CHUNK)
+                    chunk = channel.recv(_CHUNK)
+                except socket.timeout:
+                    self.check_alive()
+                    continue
+                if not chunk:
+                    break
+                output += chunk
+            while channel.recv_stderr_ready():
+                errors += channel.recv_stderr(_CHUNK)
+            return channel.recv_exit_status(), (output + errors).decode(errors="replace")
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            where = self.instance.instance_id
+            raise SshError(f"the SSH session to {where} broke: {error}", host=self.address) from None
         finally:
             channel.close()
 
-    def sftp(self) -> paramiko.SFTPClient:
-        client = paramiko.SFTPClient.from_transport(self._transport)
-        if client is None:
-            raise SshError(f"cannot open SFTP on {self.instance.instance_id}", host=self.address)
-        return client
+    def stream(self, command: str) -> ChannelStream:
+        """Runs `command` as the login user on a channel made for bulk data."""
+        channel = self._open(window_size=_STREAM_WINDOW, max_packet_size=_STREAM_PACKET)
+        return ChannelStream(channel, command, self.instance.instance_id, self)
 
 
-def is_dir(mode: int | None) -> bool:
-    return mode is not None and stat.S_ISDIR(mode)
+class ChannelStream:
+    """A command on an exec channel with a wide window, for bulk data in either direction.
 
+    Its methods raise SshError when the connection breaks.
+    """
 
-ProgressCallback = Callable[[int, int], None]
+    def __init__(self, channel: paramiko.Channel, command: str, where: str, connection: SshConnection) -> None:
+        self._channel, self._where, self._connection = channel, where, connection
+        with self._broken():
+            self._channel.settimeout(connection.keepalive)
+            self._channel.exec_command(command)
+
+    @contextlib.contextmanager
+    def _broken(self) -> Iterator[None]:
+        try:
+            yield
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            self._channel.close()
+            raise SshError(f"the SSH session to {self._where} broke: {error}") from None
+
+    def _patiently(self, step: Callable[[], T]) -> T:
+        """Runs a blocking step; after each silence of a keepalive interval, checks the server answers."""
+        while True:
+            try:
+                return step()
+            except socket.timeout:
+                self._connection.check_alive()
+            except (paramiko.SSHException, OSError, EOFError) as error:
+                self._channel.close()
+                raise SshError(f"the SSH session to {self._where} broke: {error}") from None
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        # Slices of one packet each: paramiko's sendall would copy the remainder after every packet.
+        for start in range(0, len(view), _STREAM_PACKET):
+            piece = view[start : start + _STREAM_PACKET]
+            sent = 0
+            while sent < len(piece):
+                sent += self._patiently(lambda piece=piece, sent=sent: self._channel.send(piece[sent:]))
+
+    def close_input(self) -> None:
+        if not self._channel.closed:
+            with self._broken():
+                self._channel.shutdown_write()
+
+    def read(self, size: int) -> bytes:
+        return self._patiently(lambda: self._channel.recv(size))
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        if not self._channel.status_event.wait(timeout):
+            self._channel.close()
+            return -1, f"no exit status within {timeout:g} s"
+        errors = bytearray()
+        while self._channel.recv_stderr_ready() and len(errors) < _STREAM_ERRORS_KEPT:
+            errors += self._channel.recv_stderr(_STREAM_ERRORS_KEPT)
+        status = self._channel.recv_exit_status()
+        self._channel.close()
+        return status, errors.decode(errors="replace")
+
+    def abort(self) -> None:
+        self._channel.close()
+

@@ -1,0 +1,219 @@
+"""Bulk data: copies as tar streams (over OpenSSH for big ones, pinned host key), and exec output
+that streams through without being held in memory."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pymlsql_magics.core import CopyError, Fleet, FleetError, Instance, SshError
+from pymlsql_magics.core._streams import OPENSSH_FROM
+from pymlsql_magics.core._transfer import _TRUSTED, _Checked
+from pymlsql_magics.sandbox import Sandbox
+
+from .helpers import unique
+from .test_core_fleet import config_for, remote
+
+BIG = OPENSSH_FROM + 123_457  # not a multiple of any block size
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("transfer-home")
+
+
+@pytest.fixture(scope="module")
+def fleet(sandbox: Sandbox, home: Path) -> Iterator[Fleet]:
+    with Fleet(config_for(sandbox, home, exec_output_limit=1000)) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def node(fleet: Fleet) -> Iterator[Instance]:
+    [instance] = fleet.start(image_id="m-sandbox-webuser", count=1, key_pair_name=unique("tk"), init_ssh_key=True)
+    yield instance
+    fleet.stop([instance])
+
+
+@pytest.fixture
+def ssh_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The real OpenSSH client behind a wrapper on PATH that records each time it is run."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    log = tmp_path / "ssh-runs.log"
+    wrapper = folder / "ssh"
+    wrapper.write_text(f'#!/bin/sh\necho run >> {log}\nexec /usr/bin/ssh "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    return log
+
+
+def runs(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_a_big_file_goes_both_ways_through_openssh_intact(
+    fleet: Fleet, node: Instance, tmp_path: Path, ssh_log: Path
+) -> None:
+    source = tmp_path / "big.bin"
+    payload = os.urandom(BIG)
+    source.write_bytes(payload)
+    source.chmod(0o604)
+    seen: list[tuple[int, int]] = []
+
+    fleet.copy_to([node], str(source), "/home/webuser/big.bin", user="webuser",
+                  progress=lambda _, done, total: seen.append((done, total)))  # fmt: skip
+    back = fleet.copy_from(node, "/home/webuser/big.bin", str(tmp_path / "back.bin"))
+
+    assert runs(ssh_log) == 2
+    assert (tmp_path / "back.bin").read_bytes() == payload
+    assert stat.S_IMODE((tmp_path / "back.bin").stat().st_mode) == 0o604 and back.bytes == BIG
+    assert remote(fleet, node, "stat -c '%U %a' /home/webuser/big.bin").stdout.split() == ["webuser", "604"]
+    assert seen[-1] == (BIG, BIG) and len(seen) > 10
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_without_openssh_a_big_file_goes_over_the_open_connection(
+    fleet: Fleet, node: Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    source = tmp_path / "big.bin"
+    payload = os.urandom(BIG)
+    source.write_bytes(payload)
+    fleet.copy_to([node], str(source), "/root/no-openssh.bin")
+    fleet.copy_from(node, "/root/no-openssh.bin", str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == payload
+
+
+def test_openssh_checks_the_host_key_this_tool_pinned(
+    fleet: Fleet, node: Instance, home: Path, tmp_path: Path, ssh_log: Path
+) -> None:
+    pins = home / "known_hosts"
+    saved = pins.read_text()
+    assert node.instance_id in saved
+    # Another instance's key in place of this one's: OpenSSH must refuse, not ask or learn.
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    pins.write_text("".join(f"{line.split()[0]} {other}\n" for line in saved.splitlines()))
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(BIG))
+    try:
+        with pytest.raises(FleetError) as caught:
+            fleet.copy_to([node], str(source), "/root/impostor.bin")
+    finally:
+        pins.write_text(saved)
+    assert runs(ssh_log) == 1
+    error = caught.value.result[node.instance_id]
+    assert isinstance(error, SshError) and "Host key verification failed" in str(error)
+    assert remote(fleet, node, "ls -a /root | grep -c pymlsql- || true").stdout.strip() == "0"
+
+
+def test_a_tree_keeps_its_symlinks_and_empty_folders(fleet: Fleet, node: Instance, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "lib" / "empty").mkdir(parents=True)
+    (tree / "lib" / "real.txt").write_text("real\n")
+    (tree / "lib" / "link.txt").symlink_to("real.txt")
+    (tree / "abs").symlink_to("/etc/hostname")
+    name = unique("links")
+
+    fleet.copy_to([node], str(tree), f"/root/{name}")
+    listing = remote(fleet, node, f"cd /root/{name} && find . -printf '%y %p %l\\n' | sort").stdout
+    fleet.copy_from(node, f"/root/{name}", str(tmp_path / "back"))
+
+    assert listing.splitlines() == [
+        "d . ", "d ./lib ", "d ./lib/empty ", "f ./lib/real.txt ", "l ./abs /etc/hostname", "l ./lib/link.txt real.txt"
+    ]  # fmt: skip
+    back = tmp_path / "back"
+    assert os.readlink(back / "lib" / "link.txt") == "real.txt" and (back / "lib" / "link.txt").read_text() == "real\n"
+    assert os.readlink(back / "abs") == "/etc/hostname" and (back / "lib" / "empty").is_dir()
+
+
+def test_a_directory_is_never_merged_into_an_existing_one(fleet: Fleet, node: Instance, tmp_path: Path) -> None:
+    tree = tmp_path / "data"
+    tree.mkdir()
+    (tree / "new.txt").write_text("new\n")
+    remote(fleet, node, "mkdir -p /root/merge/data && echo old > /root/merge/data/old.txt")
+    with pytest.raises(FleetError) as caught:
+        fleet.copy_to([node], str(tree), "/root/merge")
+    assert "/root/merge/data already exists" in str(caught.value.result[node.instance_id])
+    assert remote(fleet, node, "ls -A /root/merge/data").stdout.split() == ["old.txt"]
+
+
+def test_an_interrupt_through_the_cancel_event_stops_a_copy_and_leaves_nothing(
+    fleet: Fleet, node: Instance, tmp_path: Path
+) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(BIG))
+    cancel = threading.Event()
+
+    def stop_midway(_: str, done: int, total: int) -> None:
+        if done > total // 4:
+            cancel.set()
+
+    with pytest.raises(KeyboardInterrupt):
+        fleet.copy_to([node], str(source), "/root/cancelled.bin", progress=stop_midway, cancel=cancel)
+    assert remote(fleet, node, "ls -a /root | grep -E 'cancelled|pymlsql-' || true").stdout == ""
+
+
+def test_exec_results_keep_only_the_tail_of_long_output(fleet: Fleet, node: Instance) -> None:
+    seen: list[str] = []
+
+    class Keep:
+        def write(self, source: str, stream: str, text: str) -> None:
+            if stream == "stdout":
+                seen.append(text)
+
+    result = fleet.exec([node], "seq 1 20000; echo done >&2", sink=Keep())[node.instance_id]
+
+    everything = "".join(f"{n}\n" for n in range(1, 20001))
+    assert "".join(seen) == everything  # the sink got all of it
+    assert result.truncated and result.stdout == everything[-1000:]  # type: ignore[attr-defined]
+    assert result.stderr == "done\n"  # type: ignore[attr-defined]
+
+
+def archive_of(*members: tuple[str, str]) -> tarfile.TarFile:
+    """An in-memory tar of (name, symlink target or "" for a small file) pairs, open for reading."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, target in members:
+            info = tarfile.TarInfo(name)
+            if target:
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                archive.addfile(info)
+            else:
+                info.size = 1
+                archive.addfile(info, io.BytesIO(b"x"))
+    buffer.seek(0)
+    return tarfile.open(fileobj=buffer, mode="r")
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("../escape", "")],
+        [("/etc/cron.d/x", "")],
+        [("item/../../escape", "")],
+        [("item", ""), ("item/link", "/etc"), ("item/link/passwd", "")],
+        [("item/link", "/etc/passwd"), ("item/link", "")],
+    ],
+)
+def test_a_hostile_archive_from_an_instance_is_refused(members: list[tuple[str, str]], tmp_path: Path) -> None:
+    archive = archive_of(*members)
+    with pytest.raises(CopyError, match="refusing the archive member"):
+        archive.extractall(tmp_path, members=_Checked(archive), **_TRUSTED)
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_an_unknown_user_is_named_for_copies_both_ways(fleet: Fleet, node: Instance, tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("x")
+    with pytest.raises(FleetError) as caught:
+        fleet.copy_to([node], str(tmp_path / "x"), "x", user="nosuchuser")
+    assert "no user 'nosuchuser'" in str(caught.value.result[node.instance_id])
+    with pytest.raises(SshError, match="no user 'nosuchuser'"):
+        fleet.copy_from(node, "x", str(tmp_path), user="nosuchuser")
