@@ -48,6 +48,9 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     with Sandbox(tmp_path_factory.mktemp("sandbox"), timings=FAST).start() as running:
         yield running
+        # Every test releases what it created, even when it fails: a leak here is a failure.
+        left = [(i["InstanceId"], i["Status"]) for i in running.status()["instances"]]
+        assert not left, f"the tests left {len(left)} instance(s) in the sandbox: {left}"
 
 
 @pytest.fixture

@@ -224,14 +224,21 @@ class Fleet:
                 # One token per call: a retried RunInstances never creates twice.
                 token = uuid.uuid4().hex
                 self.progress(f"creating {batch} instance(s) from {fields['image_id']}")
-                created += self.ecs.run_instances(amount=batch, client_token=token, **request)
+                made, interrupted = _to_completion(
+                    lambda b=batch, t=token: self.ecs.run_instances(amount=b, client_token=t, **request)
+                )
+                created += made
+                if interrupted:
+                    raise KeyboardInterrupt
             # Host keys the cloud-config gives the instances are known now: pinned before any contact.
             known = host_keys_in_cloud_config(user_data)
             for instance_id in created if known else []:
                 self.known_hosts.pin(instance_id, known)
-        except (PymlsqlError, KeyboardInterrupt):
+        except (PymlsqlError, KeyboardInterrupt) as error:
             if created:
-                self._release_quietly(created)
+                self.progress(f"releasing the {len(created)} instance(s) this start created")
+                if self._release_quietly(created) and isinstance(error, PymlsqlError):
+                    error.add_outcome(f"released the {len(created)} instance(s) this start created")
             raise
         return created
 
@@ -552,6 +559,33 @@ class Fleet:
 
 def _no_progress(done: int, total: int) -> None:
     pass
+
+
+def _to_completion(call: Callable[[], list[str]]) -> tuple[list[str], bool]:
+    """Runs a call that creates instances to its end even if Ctrl-C comes meanwhile, so their ids
+    are known and can be released; returns (its result, whether it was interrupted)."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed back to the caller
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    # An Event, not Thread.join: a join interrupted by Ctrl-C can report a live thread as ended.
+    threading.Thread(target=run, name="pymlsql-create", daemon=True).start()
+    interrupted = False
+    while not done.is_set():
+        try:
+            done.wait(0.1)
+        except KeyboardInterrupt:
+            interrupted = True
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"], interrupted
 
 
 _MAX_TAGS = 20  # per instance, the tool's own included

@@ -357,7 +357,12 @@ class SshConnection:
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as error:
             transport.close()
-            raise SshError(f"SSH handshake with {where} failed: {error}", host=self.address) from None
+            raise SshError(
+                f"SSH handshake with {where} failed: {error}",
+                host=self.address,
+                hint="The instance may be down, busy or unreachable: check it with `pymlsql list` or %ecs_list, "
+                "then try again.",
+            ) from None
         transport.set_keepalive(max(1, int(self.keepalive)))
         return transport
 
