@@ -188,8 +188,8 @@ def test_pty_runs_the_script_on_a_terminal_and_leaves_no_script_behind(shell):
     assert outcome.stdout == "on-a-terminal\nwebuser\nto-stderr\n" and outcome.stderr == ""
     plain = run(shell, "%%ecs_exec nodes -o p\ntest -t 1 || echo no-terminal\nls /tmp/.pymlsql-script.* | wc -l")
     assert plain.error_in_exec is None
-    # Only the file of this very script exists while it runs.
-    assert {r.stdout for r in shell.user_ns["p"].values()} == {"no-terminal\n1\n"}
+    # As the login user the script is read from the channel: no file exists even while it runs.
+    assert {r.stdout for r in shell.user_ns["p"].values()} == {"no-terminal\n0\n"}
 
 
 def test_flag_beats_config_which_beats_environment(shell, monkeypatch):

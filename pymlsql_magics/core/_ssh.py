@@ -43,25 +43,28 @@ _STREAM_WINDOW = 16 << 20
 _STREAM_PACKET = 32768
 _STREAM_ERRORS_KEPT = 65536
 
-# Runs the script (sent on stdin) from a private temporary file, as USER like `su - USER` would, in
-# a session of its own whose id is announced first on stderr so it can be killed as a group.
-# Every process spawned here costs a few milliseconds on each of many instances at once, so the
-# common case (the login user runs the script) spawns as few as it can; mktemp makes it 0600.
+# Runs the script (sent on stdin) as USER like `su - USER` would, in a session of its own whose id
+# is announced first on stderr so it can be killed as a group. Another user reads it from a
+# private temporary file (mktemp makes it 0600), removed however the script ends. Every process
+# spawned here costs a few milliseconds on each of many instances at once, so the common case
+# (the login user runs the script) spawns as few as it can.
 # `su -c` puts the user's shell in yet another session, so killing means the group of the
 # announced process and the groups of its children (see _GROUPS).
 _WRAPPER = r"""
 u={user}; me=${{USER:-$(id -un)}}
-if [ "$me" != "$u" ] && ! id -u "$u" >/dev/null 2>&1; then
-  printf 'pymlsql:pid=0\npymlsql: no user %s\n' "$u" >&2
-  exit {no_user}
-fi
-f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
-trap 'rm -f "$f"' EXIT
-cat > "$f" || exit 124
 if [ "$me" = "$u" ]; then
-  (cd ~ && exec setsid /bin/bash "$f" </dev/null) &
+  # The login user reads the script straight from the channel (fd 3): no file, no extra process.
+  exec 3<&0
+  (cd ~ && exec setsid /bin/bash /dev/fd/3 </dev/null) &
+  exec 3<&-
 else
-  chown "$u" "$f" || exit 124
+  if ! id -u "$u" >/dev/null 2>&1; then
+    printf 'pymlsql:pid=0\npymlsql: no user %s\n' "$u" >&2
+    exit {no_user}
+  fi
+  f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
+  trap 'rm -f "$f"' EXIT
+  cat > "$f" && chown "$u" "$f" || exit 124
   setsid su - "$u" -s /bin/bash -c "exec /bin/bash $f" </dev/null &
 fi
 pid=$!
@@ -416,6 +419,11 @@ class SshConnection:
         else:
             command = _WRAPPER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS, groups=_GROUPS)
         channel = self._open()
+        # Woken when output arrives or the channel closes, rather than polling: many scripts run at
+        # once, each on a thread of its own.
+        wake = threading.Event()
+        channel.in_buffer.set_event(wake)
+        channel.in_stderr_buffer.set_event(wake)
         out = StreamDecoder(source, "stdout", sink, terminal=pty, keep=keep)
         err = StreamDecoder(source, "stderr", sink, keep=keep)
         header: bytearray | None = bytearray()  # the wrapper's pid line, first on stderr (stdout on a pty)
@@ -474,8 +482,10 @@ class SshConnection:
                 elif time.monotonic() - heard > self.keepalive:
                     self.check_alive()
                     heard = time.monotonic()
+                elif channel.eof_received:
+                    channel.status_event.wait(0.25)  # all output is in; the exit status follows
                 else:
-                    channel.status_event.wait(0.02)
+                    wake.wait(0.25)
             out.feed(bytes(header or b"") if pty else b"", final=True)
             err.feed(b"" if pty else bytes(header or b""), final=True)
             status = channel.recv_exit_status()
