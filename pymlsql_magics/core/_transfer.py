@@ -14,12 +14,12 @@ import os
 import shlex
 import shutil
 import stat
-import tarfile
+import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ _NO_USER = 125
 _BLOCK = 512
 _BUFFER = 1 << 16
 _FINISH_TIMEOUT = 120.0
-# _Checked does the checking; Pythons that know extraction filters must not apply theirs again.
-_TRUSTED: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+# Bytes of the archive kept back until the local tar has read every file: they hold the last mark.
+_HELD_BACK = 4 * 10240
 
 # Unpacks the tar stream on stdin next to the destination, then renames it into place. The
 # placement is decided here, on the instance, so a copy is one round trip however many files.
@@ -89,7 +89,7 @@ def _noop(done: int, total: int) -> None:
     pass
 
 
-class _Meter:
+class Meter:
     """Turns bytes of tar stream into bytes of file content for the progress callback."""
 
     def __init__(self, total: int, estimate: int, progress: Progress, cancel: threading.Event | None) -> None:
@@ -103,26 +103,6 @@ class _Meter:
         self._progress(min(self.total, self._streamed * self.total // self._estimate), self.total)
 
 
-class _Writer:
-    def __init__(self, stream: RemoteStream, meter: _Meter) -> None:
-        self._stream, self._meter = stream, meter
-
-    def write(self, data: bytes) -> int:
-        self._stream.write(data)
-        self._meter.count(len(data))
-        return len(data)
-
-
-class _Reader:
-    def __init__(self, stream: RemoteStream, meter: _Meter) -> None:
-        self._stream, self._meter = stream, meter
-
-    def read(self, size: int = _BUFFER) -> bytes:
-        data = self._stream.read(size if size and size > 0 else _BUFFER)
-        self._meter.count(len(data))
-        return data
-
-
 def upload(connection: Any, source: str, target: str, *, user: str, progress: Progress = _noop,
            cancel: threading.Event | None = None) -> CopyResult:  # fmt: skip
     """Copies a local file or directory to `target` on the instance, owned by `user`."""
@@ -131,24 +111,37 @@ def upload(connection: Any, source: str, target: str, *, user: str, progress: Pr
     local = Path(source).expanduser()
     if not local.exists():
         raise CopyError(f"the local path {source} does not exist", hint="Check the source path (--source).")
-    entries = _local_entries(local)
-    files = sum(1 for path in entries if path.is_file() and not path.is_symlink())
-    total = sum(path.stat().st_size for path in entries if path.is_file() and not path.is_symlink())
-    estimate = sum(_BLOCK + _padded(path.lstat().st_size) if stat.S_ISREG(path.lstat().st_mode) else _BLOCK
-                   for path in entries) + 2 * _BLOCK  # fmt: skip
+    files, total, estimate = _inventory(local)
     token = uuid.uuid4().hex[:12]
     script = _UPLOAD.format(user=shlex.quote(user), target=shlex.quote(target), name=shlex.quote(local.name),
                             kind="d" if local.is_dir() else "f", token=token, no_user=_NO_USER)  # fmt: skip
-    meter = _Meter(total, estimate, progress, cancel)
+    meter = Meter(total, estimate + _BLOCK, progress, cancel)
+    marks = Path(tempfile.mkdtemp(prefix="pymlsql-mark-"))
+    (marks / f".pymlsql-complete-{token}").touch()
+    # The archive's last member marks it complete; the local tar runs in C, Python only relays.
+    # A symlink given as the source is copied as what it points to, as scp does.
+    follow = ["-h"] if local.is_symlink() else []
+    packer = _LocalTar([*follow, "-c", "-f", "-", "-C", str(local.parent), f"./{local.name}",
+                        "-C", str(marks), f"./.pymlsql-complete-{token}"])  # fmt: skip
     stream = open_stream(connection, script, size=total)
     broken: BaseException | None = None
     try:
+        held = bytearray()
+        assert packer.process.stdout is not None
         try:
-            with tarfile.open(fileobj=_Writer(stream, meter), mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                              bufsize=_BUFFER, copybufsize=_BUFFER) as archive:  # fmt: skip
-                for path in entries:
-                    _add(archive, local, path)
-                archive.addfile(tarfile.TarInfo(f".pymlsql-complete-{token}"))
+            while chunk := packer.process.stdout.read1(_BUFFER):
+                held += chunk
+                # The tail, with the mark, goes only once the local tar says every file was read.
+                if len(held) > _HELD_BACK:
+                    sent = len(held) - _HELD_BACK
+                    stream.write(memoryview(held)[:sent])
+                    meter.count(sent)
+                    del held[:sent]
+            if packer.process.wait() != 0:
+                raise CopyError(f"cannot read {source}: {packer.complaint()}",
+                                hint="Check that every file under it is readable.")  # fmt: skip
+            stream.write(held)
+            meter.count(len(held))
         except (OSError, SshError) as error:
             broken = error  # the command ended early: its status says why
         stream.close_input()
@@ -157,6 +150,9 @@ def upload(connection: Any, source: str, target: str, *, user: str, progress: Pr
     except BaseException:
         _settle(stream)
         raise
+    finally:
+        packer.close()
+        shutil.rmtree(marks, ignore_errors=True)
     if status != 0:
         raise _failure(status, errors, instance_id, user, f"copying {source} to {instance_id}:{target}", broken)
     if broken is not None:
@@ -187,7 +183,7 @@ def download(connection: Any, source: str, target: str, *, user: str, progress: 
     if kind == "d" and destination.exists():
         raise CopyError(f"{destination} already exists", hint="Remove it first, or pick a new target.")
     parent = remote.rsplit("/", 1)[0] or "/"
-    meter = _Meter(int(total), int(estimate), progress, cancel)
+    meter = Meter(int(total), int(estimate), progress, cancel)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.pymlsql-", dir=destination.parent))
     except OSError as error:
@@ -198,19 +194,21 @@ def download(connection: Any, source: str, target: str, *, user: str, progress: 
     try:
         command = f"cd -- {shlex.quote(parent)} && exec tar -c -f - {shlex.quote('./' + name)}"
         stream = open_stream(connection, command, size=int(total))
+        unpacker = unpacker_into(staging)
         try:
-            with tarfile.open(fileobj=_Reader(stream, meter), mode="r|", bufsize=_BUFFER,  # type: ignore[call-overload]
-                              copybufsize=_BUFFER) as archive:  # fmt: skip
-                archive.extractall(staging, members=_Checked(archive), **_TRUSTED)
-            _read_all(stream)
+            relay(stream, unpacker, meter)
             status, errors = stream.finish(_FINISH_TIMEOUT)
+            if unpacker.process.returncode != 0:
+                raise CopyError(f"copying {instance_id}:{source} failed: {unpacker.complaint()}")
         except BaseException:
             stream.abort()
             raise
+        finally:
+            unpacker.close()
         if status != 0:
             raise CopyError(f"copying {instance_id}:{source} failed: {errors.strip() or f'tar exit {status}'}")
         os.replace(staging / name, destination)
-    except (OSError, tarfile.TarError) as error:
+    except OSError as error:
         raise CopyError(f"copying {instance_id}:{source} to {target} failed: {error}") from None
     finally:
         _remove_tree(staging)
@@ -218,66 +216,85 @@ def download(connection: Any, source: str, target: str, *, user: str, progress: 
     return CopyResult(instance_id, source, str(destination), int(files), int(total), time.monotonic() - started)
 
 
-def _local_entries(top: Path) -> list[Path]:
-    """`top` and, for a directory, everything under it (symlinks kept as links, not followed)."""
-    if not top.is_dir():
-        return [top]
-    found = [top]
-    for folder, directories, names in os.walk(top):
-        directories.sort()
-        for name in sorted(directories + names):
-            path = Path(folder) / name
-            if path.is_symlink() or path.is_dir() or path.is_file():
-                found.append(path)
-    return found
+def _inventory(top: Path) -> tuple[int, int, int]:
+    """(regular files, their bytes, the size of their tar stream) of `top`, symlinks not followed."""
+    files = total = 0
+    estimate = _BLOCK
+    pending = [top] if top.is_dir() and not top.is_symlink() else []
+    if not pending:
+        size = top.stat().st_size
+        return 1, size, estimate + _BLOCK + _padded(size) + 2 * _BLOCK
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                status = entry.stat(follow_symlinks=False)
+                estimate += _BLOCK
+                if stat.S_ISREG(status.st_mode):
+                    files, total = files + 1, total + status.st_size
+                    estimate += _padded(status.st_size)
+                elif stat.S_ISDIR(status.st_mode):
+                    pending.append(Path(entry.path))
+    return files, total, estimate + 2 * _BLOCK
 
 
-def _add(archive: tarfile.TarFile, top: Path, path: Path) -> None:
-    name = top.name if path == top else f"{top.name}/{path.relative_to(top).as_posix()}"
-    # Built from lstat rather than gettarinfo, which looks up user and group names for every file:
-    # owners are set on the instance, and local names are no business of the instance.
-    status = path.lstat()
-    info = tarfile.TarInfo(name)
-    info.mode, info.mtime = stat.S_IMODE(status.st_mode), int(status.st_mtime)
-    if stat.S_ISREG(status.st_mode):
-        info.size = status.st_size
-        with path.open("rb") as data:
-            archive.addfile(info, data)
-        return
-    if stat.S_ISDIR(status.st_mode):
-        info.type = tarfile.DIRTYPE
-    else:
-        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-    archive.addfile(info)
+class _LocalTar:
+    """The local tar program, in C; Python only relays the stream and counts it.
 
-
-class _Checked:
-    """The members of a downloaded archive, refused if they could land outside the destination.
-
-    Cheaper than tarfile's filters, which resolve every path on disk: names must be relative
-    without `..`, only files, directories and symlinks are taken, and nothing may be written
-    through a symlink of the archive itself. Modes are kept without setuid/setgid/sticky bits, and
-    the files are the local user's.
+    Its messages go to a temporary file: a pipe nobody reads could fill and block it.
     """
 
-    def __init__(self, archive: tarfile.TarFile) -> None:
-        self._archive = archive
-        self._links: set[str] = set()
+    def __init__(self, arguments: list[str], *, reading: bool = False) -> None:
+        program = shutil.which("tar")
+        if program is None:
+            raise CopyError("copies need the tar program, which is not installed", hint="Install GNU tar or bsdtar.")
+        self._errors = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [program, *arguments],
+            stdin=subprocess.PIPE if reading else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if reading else subprocess.PIPE,
+            stderr=self._errors,
+            umask=0 if reading else -1,
+        )
 
-    def __iter__(self) -> Iterator[tarfile.TarInfo]:
-        for member in self._archive:
-            parts = [part for part in member.name.split("/") if part not in ("", ".")]
-            if member.name.startswith("/") or ".." in parts or not parts:
-                raise CopyError(f"refusing the archive member {member.name!r}: outside the destination")
-            if any("/".join(parts[:depth]) in self._links for depth in range(1, len(parts) + 1)):
-                raise CopyError(f"refusing the archive member {member.name!r}: it goes through a symlink")
-            if not (member.isreg() or member.isdir() or member.issym()):
-                continue
-            if member.issym():
-                self._links.add("/".join(parts))
-            member.mode &= 0o777
-            member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
-            yield member
+    def complaint(self) -> str:
+        self._errors.seek(0)
+        lines = [line for line in self._errors.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else f"tar exit status {self.process.returncode}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None and not pipe.closed:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass
+        self._errors.close()
+
+
+def unpacker_into(folder: Path) -> _LocalTar:
+    """The local tar that unpacks what an instance sends: it is not trusted.
+
+    umask 0 with --no-same-permissions keeps the modes it had there, minus setuid and setgid bits;
+    GNU tar strips leading slashes, refuses `..`, and never writes through a symlink it unpacked.
+    """
+    return _LocalTar(["-x", "-f", "-", "-C", str(folder), "--no-same-owner", "--no-same-permissions"], reading=True)
+
+
+def relay(stream: RemoteStream, unpacker: _LocalTar, meter: Meter) -> None:
+    """Feeds the instance's tar stream to the local tar until both ends are done."""
+    into = unpacker.process.stdin
+    assert into is not None
+    try:
+        while chunk := stream.read(_BUFFER):
+            meter.count(len(chunk))
+            into.write(chunk)
+        into.close()
+    except BrokenPipeError:
+        pass  # the local tar gave up; its exit status and message say why
+    unpacker.process.wait()
 
 
 def _settle(stream: RemoteStream) -> None:

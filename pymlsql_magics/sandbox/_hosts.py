@@ -19,13 +19,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _cloudinit
+from . import _cloudinit, _hostkeys
 
 SSHD = "/usr/sbin/sshd"
 INSIDE_DISK = "/run/pymlsql-disk"
@@ -84,6 +85,10 @@ class Hosts:
         self._instance_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._generation = 0
+        self._awaited: dict[str, tuple[str, int]] = {}
+        self._layers: dict[tuple[str, ...], Path] = {}
+        self._layer_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
 
     def disk(self, instance_id: str) -> Path:
         return self.root / instance_id
@@ -103,6 +108,7 @@ class Hosts:
             self._boot(spec)
 
     def _boot(self, spec: BootSpec) -> None:
+        started = time.time()
         disk = self.disk(spec.instance_id)
         first_boot = not (disk / "booted").exists()
         if first_boot:
@@ -127,18 +133,16 @@ class Hosts:
                 start_new_session=True,
                 close_fds=True,
             )
+        go = threading.Timer(max(0.0, started + spec.boot_delay - time.time()), _say_go, args=(process,))
+        go.daemon = True
+        go.start()
         init_pid = self._namespace_init(process) if self.full else process.pid
         with self._lock:
             self._generation += 1
             generation = self._generation
             self._machines[spec.instance_id] = _Machine(process, init_pid, generation)
         (disk / "pids").write_text(f"{process.pid} {init_pid or ''}\n")
-        threading.Thread(
-            target=self._watch_ssh,
-            args=(spec, generation),
-            name=f"ssh-probe-{spec.instance_id}",
-            daemon=True,
-        ).start()
+        self._await_listening(spec, generation)
 
     def halt(self, instance_id: str) -> None:
         """Ends every process of the instance at once, as pulling the power would."""
@@ -242,17 +246,23 @@ class Hosts:
             # own: reach the disk through a bind mount under the instance's private /run instead.
             outside = disk
             disk = Path(INSIDE_DISK)
+            # All mounts by one `mount` process (unshare made them private already), and the hostname
+            # by a shell builtin: a hundred instances booting at once are short of CPU.
+            layer = self._image_layer(spec.image_users)
+            mounts = [
+                ("tmpfs", "/run", "tmpfs", "mode=755"),
+                ("tmpfs", "/run/sshd", "tmpfs", "mode=755,X-mount.mkdir"),
+                (str(outside), INSIDE_DISK, "none", "bind,X-mount.mkdir"),
+                ("overlay", "/etc", "overlay",
+                 f"lowerdir={layer}:/etc,upperdir={INSIDE_DISK}/etc-upper,workdir={INSIDE_DISK}/etc-work"),
+                (f"{INSIDE_DISK}/root", "/root", "none", "bind"),
+                (f"{INSIDE_DISK}/home", "/home", "none", "bind"),
+                (f"{INSIDE_DISK}/tmp", "/tmp", "none", "bind"),
+            ]  # fmt: skip
+            (outside / "fstab").write_text("".join(" ".join(map(_fstab_field, entry)) + " 0 0\n" for entry in mounts))
             steps += [
-                "mount --make-rprivate /",
-                "mount -t tmpfs -o mode=755 tmpfs /run",
-                f"mkdir -p /run/sshd {INSIDE_DISK}",
-                f"mount --bind {q(str(outside))} {INSIDE_DISK}",
-                f"mount -t overlay overlay -o lowerdir=/etc,upperdir={INSIDE_DISK}/etc-upper,"
-                f"workdir={INSIDE_DISK}/etc-work /etc",
-                f"mount --bind {INSIDE_DISK}/root /root",
-                f"mount --bind {INSIDE_DISK}/home /home",
-                f"mount --bind {INSIDE_DISK}/tmp /tmp",
-                f"hostname {q(spec.hostname)}",
+                f"mount --all --fstab {q(str(outside / 'fstab'))}",
+                f"printf %s {q(spec.hostname)} > /proc/sys/kernel/hostname",
             ]
         host_keys_dir = "/etc/ssh" if self.full else str(disk / "etc-upper")
         boot = _cloudinit.FirstBoot()
@@ -262,30 +272,26 @@ class Hosts:
                 steps += [
                     f"echo {q(spec.hostname)} > /etc/hostname",
                     f"printf '127.0.1.1 %s\\n' {q(spec.hostname)} >> /etc/hosts",
-                    "rm -f /etc/ssh/ssh_host_*",  # the image's keys are not the instance's
                 ]
-                for user in spec.image_users:
-                    steps.append(f"id {q(user)} >/dev/null 2>&1 || useradd -m -s /bin/bash {q(user)}")
+                self._make_homes(outside, spec.image_users)
             keys = [key for key in [spec.authorized_key, *boot.root_keys] if key]
             if keys:
-                ssh_dir = "/root/.ssh" if self.full else str(disk / "root" / ".ssh")
-                keys_text = "".join(key.strip() + "\n" for key in keys)
-                steps += [f"mkdir -p -m 700 {ssh_dir}", f"printf %s {q(keys_text)} >> {ssh_dir}/authorized_keys",
-                          f"chmod 600 {ssh_dir}/authorized_keys"]  # fmt: skip
+                # Written from here: every process a boot spares counts when a hundred boot at once.
+                ssh_dir = outside / "root" / ".ssh"
+                ssh_dir.mkdir(mode=0o700, exist_ok=True)
+                with open(ssh_dir / "authorized_keys", "a") as authorized:
+                    authorized.write("".join(key.strip() + "\n" for key in keys))
+                (ssh_dir / "authorized_keys").chmod(0o600)
             steps += boot.init
-        if spec.new_host_keys:
-            steps.append(f"rm -f {host_keys_dir}/ssh_host_*")
         (outside / "sshd_config").write_text(self._sshd_config(spec, disk))
         config = disk / "sshd_config"
-        steps += self._host_key_steps(host_keys_dir, q(str(config)), announce=not spec.new_host_keys)
-        steps.append(f"touch {q(str(disk / 'booted'))}")
-        if spec.boot_delay > 0:
-            # SSH comes up boot_delay after the machine started, however long the steps above took.
-            deadline = time.time() + spec.boot_delay
-            steps.append(
-                f"sleep $(awk -v end={deadline:.3f} -v now=$(date +%s.%N) "
-                "'BEGIN { left = end - now; if (left < 0) left = 0; printf \"%.3f\", left }')"
-            )
+        steps += self._host_key_steps(spec, host_keys_dir, outside, disk, q(str(config)), first_boot=first_boot)
+        steps += [
+            f": > {q(str(disk / 'booted'))}",
+            # SSH comes up boot_delay after the machine started, however long the steps above took:
+            # the sandbox says when, with a line on stdin (see _boot). End of input: it is gone.
+            "read _go",
+        ]
         if boot.final:
             (outside / "cloud" / "final.sh").write_text("\n".join(["set -x", *boot.final, ""]))
             steps.append(f"setsid /bin/sh {q(str(disk / 'cloud' / 'final.sh'))} </dev/null &")
@@ -299,28 +305,78 @@ class Hosts:
             steps.append("kill -KILL 0")
         return "\n".join(steps) + "\n"
 
-    @staticmethod
-    def _host_key_steps(directory: str, config: str, *, announce: bool) -> list[str]:
-        # ECDSA and Ed25519 only: an RSA host key takes about a second of CPU per instance, and a
-        # key supplied through cloud-config's ssh_keys (RSA included) is kept and served.
-        generate = " ; ".join(
-            f"[ -f {directory}/ssh_host_{kind}_key ] || ssh-keygen -q -N '' -t {kind} "
-            f"-f {directory}/ssh_host_{kind}_key"
-            for kind in ("ecdsa", "ed25519")
-        )
-        serve = f'for k in {directory}/ssh_host_*_key; do echo "HostKey $k" >> {config}; done'
-        steps = [generate, serve]
-        if announce:
-            # cloud-init prints the host keys on the serial console so they can be pinned.
-            steps += [
-                "echo '-----BEGIN SSH HOST KEY FINGERPRINTS-----'",
-                f"for k in {directory}/ssh_host_*_key.pub; do ssh-keygen -l -f \"$k\"; done",
-                "echo '-----END SSH HOST KEY FINGERPRINTS-----'",
-                "echo '-----BEGIN SSH HOST KEY KEYS-----'",
-                f"cat {directory}/ssh_host_*_key.pub",
-                "echo '-----END SSH HOST KEY KEYS-----'",
-            ]
+    def _host_key_steps(self, spec: BootSpec, directory: str, outside: Path, disk: Path, config: str, *,
+                        first_boot: bool) -> list[str]:  # fmt: skip
+        """Serves the keys a cloud-config supplied or an earlier boot kept, and new ECDSA and Ed25519
+        keys for the kinds missing, written here; prints them on the console as cloud-init does.
+
+        `directory` is where the instance sees its keys; from here they are in the upper layer of its
+        /etc (the image's own keys are hidden by the image layer).
+        """
+        kept = outside / "etc-upper" / "ssh" if self.full else outside / "etc-upper"
+        kept.mkdir(parents=True, exist_ok=True)
+        if spec.new_host_keys:
+            for old in kept.glob("ssh_host_*"):
+                old.unlink()
+        served = []
+        for kind in _hostkeys.KINDS:
+            public = _hostkeys.public_of(outside / "cloud", kind) if first_boot else None
+            if public is None:
+                public = _hostkeys.public_of(kept, kind)
+            if public is None and kind in _hostkeys.GENERATED:
+                public = _hostkeys.generate(kept, kind, f"root@{spec.hostname}")
+            if public:
+                served.append(public)
+        steps = [f'for k in {directory}/ssh_host_*_key; do echo "HostKey $k" >> {config}; done']
+        if not spec.new_host_keys:  # new keys after a rotation are not announced, as an impostor's would not be
+            steps.append(f"printf %s {shlex.quote(_hostkeys.console_text(served))}")
         return steps
+
+    def _image_layer(self, users: tuple[str, ...]) -> Path:
+        """An /etc layer shared by the instances of an image: its users added, the host's SSH host
+        keys hidden. Made once per sandbox, instead of a `useradd` in every boot."""
+        with self._layer_lock:
+            layer = self._layers.get(users)
+            if layer is not None:
+                return layer
+            folder = self.root.parent / "images" / ("-".join(users) or "base")
+            shutil.rmtree(folder, ignore_errors=True)
+            (folder / "upper").mkdir(parents=True)
+            (folder / "work").mkdir()
+            q = shlex.quote
+            script = " && ".join([
+                "mount --make-rprivate /",
+                f"mount -t overlay overlay -o lowerdir=/etc,upperdir={q(str(folder / 'upper'))},"
+                f"workdir={q(str(folder / 'work'))} /etc",
+                "rm -f /etc/ssh/ssh_host_*",
+                *(f"{{ id {q(user)} >/dev/null 2>&1 || useradd -M -s /bin/bash {q(user)}; }}" for user in users),
+            ])  # fmt: skip
+            made = subprocess.run(["unshare", "--mount", "/bin/sh", "-c", script], capture_output=True, text=True)
+            if made.returncode != 0:
+                raise HostError(f"cannot prepare the image's /etc: {made.stderr.strip()}")
+            self._layers[users] = folder / "upper"
+            return folder / "upper"
+
+    def _make_homes(self, outside: Path, users: tuple[str, ...]) -> None:
+        """Each image user's home on the instance's disk, as `useradd -m` makes it."""
+        accounts = {}
+        passwd = self._image_layer(users) / "passwd"
+        for line in passwd.read_text().splitlines() if passwd.exists() else []:
+            fields = line.split(":")
+            if len(fields) >= 6:
+                accounts[fields[0]] = (int(fields[2]), int(fields[3]), fields[5])
+        for user in users:
+            if user not in accounts or not accounts[user][2].startswith("/home/"):
+                continue
+            uid, gid, home = accounts[user]
+            folder = outside / "home" / home.removeprefix("/home/")
+            folder.mkdir(mode=0o755, exist_ok=True)
+            skeleton = Path("/etc/skel")
+            for item in skeleton.iterdir() if skeleton.is_dir() else []:
+                if item.is_file():
+                    shutil.copy2(item, folder / item.name)
+                    os.chown(folder / item.name, uid, gid)
+            os.chown(folder, uid, gid)
 
     def _sshd_config(self, spec: BootSpec, disk: Path) -> str:
         lines = [f"ListenAddress {address}:{spec.ssh_port}" for address in spec.addresses]
@@ -360,17 +416,36 @@ class Hosts:
             time.sleep(0.005)
         return None
 
-    def _watch_ssh(self, spec: BootSpec, generation: int) -> None:
-        address = spec.addresses[0]
+    def _await_listening(self, spec: BootSpec, generation: int) -> None:
+        """Has `on_ssh_ready` called once the machine's sshd listens on its address.
+
+        One thread reads the kernel's table of listening sockets for every booting machine: a probe
+        connection would cost each sshd a fork and a re-exec, which a hundred instances booting at
+        once are short of CPU for.
+        """
+        with self._lock:
+            self._awaited[spec.instance_id] = (_listen_key(spec.addresses[0], spec.ssh_port), generation)
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._watch_listening, name="ssh-ready", daemon=True)
+                self._watcher.start()
+
+    def _watch_listening(self) -> None:
         while True:
             with self._lock:
-                machine = self._machines.get(spec.instance_id)
-            if machine is None or machine.generation != generation or machine.process.poll() is not None:
-                return
-            if _answers_ssh(address, spec.ssh_port):
-                self._on_ssh_ready(spec.instance_id, generation)
-                return
-            time.sleep(0.05)
+                if not self._awaited:
+                    self._watcher = None
+                    return
+                awaited = dict(self._awaited)
+            listening = _listening()
+            for instance_id, (key, generation) in awaited.items():
+                with self._lock:
+                    machine = self._machines.get(instance_id)
+                    gone = machine is None or machine.generation != generation or machine.process.poll() is not None
+                    if gone or key in listening:
+                        self._awaited.pop(instance_id, None)
+                if not gone and key in listening:
+                    self._on_ssh_ready(instance_id, generation)
+            time.sleep(0.02)
 
     def freeze(self, instance_id: str, frozen: bool) -> None:
         """Stops (or continues) every process of the machine: the kernel still accepts its TCP
@@ -397,13 +472,36 @@ class Hosts:
         return machine.generation if machine else None
 
 
-def _answers_ssh(address: str, port: int) -> bool:
+def _say_go(process: subprocess.Popen[bytes]) -> None:
+    """Tells a booting machine its boot delay is over: it starts sshd."""
     try:
-        with socket.create_connection((address, port), timeout=0.5) as connection:
-            connection.settimeout(2)
-            return connection.recv(64).startswith(b"SSH-")
-    except OSError:
-        return False
+        if process.poll() is None and process.stdin is not None:
+            process.stdin.write(b"go\n")
+            process.stdin.flush()
+    except (BrokenPipeError, ValueError):
+        pass  # halted meanwhile
+
+
+def _fstab_field(text: str) -> str:
+    return text.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+
+
+def _listen_key(address: str, port: int) -> str:
+    """How /proc/net/tcp writes ADDRESS:PORT: the address as a host-order 32-bit hex number."""
+    packed = socket.inet_aton(address)
+    return f"{int.from_bytes(packed, sys.byteorder):08X}:{port:04X}"
+
+
+def _listening() -> set[str]:
+    """Every IPv4 address:port a socket listens on (state 0A), in /proc/net/tcp's notation."""
+    found = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split(None, 4)
+            if fields[3] == "0A":
+                found.add(fields[1])
+    return found
 
 
 def kill_leftovers(state_dir: Path) -> int:
