@@ -80,8 +80,9 @@ class StartView(_TextRecord, widgets.VBox):
             self._handle.update(self)
 
     def _html(self) -> str:
-        head = "".join(f"<th>{name}</th>" for name in ("instance", "status", "private IP", "public IP", "SSH"))
-        cells = ("".join(f"<td>{html.escape(cell)}</td>" for cell in row) for row in self._rows)
+        cell = 'style="padding:2px 16px 2px 0;text-align:left"'
+        head = "".join(f"<th {cell}>{name}</th>" for name in ("instance", "status", "private IP", "public IP", "SSH"))
+        cells = ("".join(f"<td {cell}>{html.escape(value)}</td>" for value in row) for row in self._rows)
         body = "".join(f"<tr>{row}</tr>" for row in cells)
         badge = _SANDBOX_BADGE if self._sandbox else ""
         return f"{badge}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -200,7 +201,11 @@ class CopyView(_TextRecord, widgets.VBox):
         self._live = live
         self._sandbox = sandbox
         self._description = description
-        self.bars = {i: widgets.IntProgress(value=0, min=0, max=1, description=i[:12]) for i in self._ids}
+        # The whole id as the label, at its natural width: ids differ only after their first characters.
+        self.bars = {
+            i: widgets.IntProgress(value=0, min=0, max=1, description=i, style={"description_width": "initial"})
+            for i in self._ids
+        }
         self.label = widgets.HTML((_SANDBOX_BADGE if sandbox else "") + html.escape(description))
         super().__init__(children=[self.label, *self.bars.values()])
         self._done: dict[str, str] = {}

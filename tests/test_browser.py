@@ -188,7 +188,7 @@ def _copy_bars_reach_100_percent(page: NotebookPage, index: int, state: dict[str
     assert not _errors(shown), shown["text"]
     _rendered(shown)
     bars = shown["bars"]
-    assert sorted(bar["label"] for bar in bars) == sorted(i[:12] for i in state["ids"]), bars
+    assert sorted(bar["label"] for bar in bars) == sorted(state["ids"]), bars
     for bar in bars:
         assert bar["width"] == "100%" and bar["success"] and bar["shown"], bars
     name = "3-copy-down" if "3-copy-up" in state else "3-copy-up"
