@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_benchmark_smoke_run_measures_every_row_and_saves_json(tmp_path):
     saved = tmp_path / "results.json"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(saved)],
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(saved),
+                           "--work-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(saved.read_text())["rows"]
