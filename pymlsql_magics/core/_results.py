@@ -99,7 +99,8 @@ class FleetResult(Mapping[str, object]):
 
     @property
     def failed(self) -> dict[str, object]:
-        return {key: value for key, value in self._outcomes.items() if key not in self.succeeded}
+        succeeded = self.succeeded  # once: it is a new dict at every access
+        return {key: value for key, value in self._outcomes.items() if key not in succeeded}
 
 
 class InstanceList(Sequence[Instance]):

@@ -619,7 +619,7 @@ class ChannelStream:
                 self._channel.close()
                 raise SshError(f"the SSH session to {self._where} broke: {error}") from None
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         # Slices of one packet each: paramiko's sendall would copy the remainder after every packet.
         for start in range(0, len(view), _STREAM_PACKET):

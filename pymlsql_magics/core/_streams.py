@@ -9,12 +9,13 @@ data), the stream is an exec channel of the connection already open.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import stat
 import subprocess
 import threading
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ._errors import SshError
 
@@ -28,7 +29,7 @@ _ERRORS_KEPT = 65536
 class RemoteStream(Protocol):
     """A running command: its stdin to write, its stdout to read, then its status and stderr."""
 
-    def write(self, data: bytes | memoryview) -> None: ...
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
 
     def close_input(self) -> None: ...
 
@@ -63,11 +64,12 @@ class OpenSshStream:
 
     def _read_errors(self) -> None:
         assert self._process.stderr is not None
-        for chunk in iter(lambda: self._process.stderr.read1(8192), b""):  # type: ignore[union-attr]
+        errors = cast(io.BufferedReader, self._process.stderr)
+        for chunk in iter(lambda: errors.read1(8192), b""):
             if len(self._errors) < _ERRORS_KEPT:
                 self._errors += chunk
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self._process.stdin is not None
         self._process.stdin.write(data)
 
@@ -79,8 +81,7 @@ class OpenSshStream:
                 pass
 
     def read(self, size: int) -> bytes:
-        assert self._process.stdout is not None
-        return self._process.stdout.read1(size)
+        return cast(io.BufferedReader, self._process.stdout).read1(size)
 
     def finish(self, timeout: float) -> tuple[int, str]:
         try:

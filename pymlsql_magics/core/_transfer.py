@@ -10,6 +10,7 @@ part is removed, so a target is never left half-written.
 
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import shutil
@@ -21,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ._errors import PymlsqlError, SshError
 from ._results import CopyResult
@@ -127,9 +128,9 @@ def upload(connection: Any, source: str, target: str, *, user: str, progress: Pr
     broken: BaseException | None = None
     try:
         held = bytearray()
-        assert packer.process.stdout is not None
+        packed = cast(io.BufferedReader, packer.process.stdout)
         try:
-            while chunk := packer.process.stdout.read1(_BUFFER):
+            while chunk := packed.read1(_BUFFER):
                 held += chunk
                 # The tail, with the mark, goes only once the local tar says every file was read.
                 if len(held) > _HELD_BACK:
