@@ -228,25 +228,21 @@ class Sandbox:
                 raise ValueError("stuck must be Pending, Starting or Stopping")
             with world.lock:
                 world.stuck = status or None
-        for key, new_keys in (("kill_ssh", False), ("rotate_host_key", True)):
+        for key in ("kill_ssh", "rotate_host_key", "freeze", "thaw"):
             instance_id = order.get(key)
-            if instance_id:
-                with world.lock:
-                    instance = world.instances.get(instance_id)
-                    if instance is None or instance.status != "Running":
-                        raise ValueError(f"{instance_id} is not a Running instance of this sandbox")
-                world.drop_ssh(instance_id, new_host_keys=new_keys)
-        for key, frozen in (("freeze", True), ("thaw", False)):
-            instance_id = order.get(key)
-            if instance_id:
-                with world.lock:
-                    instance = world.instances.get(instance_id)
-                    if instance is None or instance.status != "Running":
-                        raise ValueError(f"{instance_id} is not a Running instance of this sandbox")
-                try:
-                    world.hosts.freeze(instance_id, frozen)
-                except HostError as error:
-                    raise ValueError(str(error)) from None
+            if not instance_id:
+                continue
+            with world.lock:
+                instance = world.instances.get(instance_id)
+                if instance is None or instance.status != "Running":
+                    raise ValueError(f"{instance_id} is not a Running instance of this sandbox")
+            if key in ("kill_ssh", "rotate_host_key"):
+                world.drop_ssh(instance_id, new_host_keys=key == "rotate_host_key")
+                continue
+            try:
+                world.hosts.freeze(instance_id, key == "freeze")
+            except HostError as error:
+                raise ValueError(str(error)) from None
         return {"ok": True}
 
     # -- the ECS API -----------------------------------------------------------------------
