@@ -318,6 +318,24 @@ def test_check_false_returns_non_zero_exits_without_raising(fleet: Fleet, crew: 
 
 
 @pytest.mark.parametrize("user", ["root", "webuser"])
+def test_a_script_ended_by_a_signal_exits_with_128_plus_its_number(
+    fleet: Fleet, crew: list[Instance], user: str
+) -> None:
+    result = fleet.exec(crew[:1], "echo before; kill -TERM $$; echo after", user=user, check=False)
+    outcome = result[crew[0].instance_id]
+    assert (outcome.exit_status, outcome.stdout) == (143, "before\n")  # type: ignore[attr-defined]
+
+    killed = fleet.exec(crew[:1], "kill -KILL $$", user=user, check=False)
+    assert killed[crew[0].instance_id].exit_status == 137  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("user", ["root", "webuser"])
+def test_a_script_reads_an_empty_stdin(fleet: Fleet, crew: list[Instance], user: str) -> None:
+    result = fleet.exec(crew[:1], 'read -r line; echo "read $? [$line]"', user=user)
+    assert result[crew[0].instance_id].stdout == "read 1 []\n"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("user", ["root", "webuser"])
 def test_timeout_ends_the_remote_process_and_leaves_no_script(fleet: Fleet, crew: list[Instance], user: str) -> None:
     target = crew[2]
     marker = 4711 if user == "root" else 4712

@@ -1,8 +1,9 @@
 """SSH to instances through paramiko: the only module that imports it.
 
 Host keys are pinned per instance id in the tool's own known_hosts file on first contact and
-checked on every later one. Scripts run from a temporary file that the wrapper removes however
-the script ends; its process groups are killed on timeout or interrupt.
+checked on every later one. A script comes on the channel's stdin; the login user's shell reads it
+from there, another user's runs from a private temporary file removed however the script ends.
+Its process groups are killed on timeout or interrupt.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import os
 import re
 import shlex
+import signal
 import socket
 import tempfile
 import threading
@@ -26,6 +28,7 @@ import yaml
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from paramiko.common import MSG_CHANNEL_REQUEST
 
 from ._errors import HostKeyMismatchError, PymlsqlError, SshError, WaitTimeoutError
 from ._output import OutputSink, StreamDecoder
@@ -43,30 +46,29 @@ _STREAM_WINDOW = 16 << 20
 _STREAM_PACKET = 32768
 _STREAM_ERRORS_KEPT = 65536
 
-# Runs the script (sent on stdin) as USER like `su - USER` would, in a session of its own whose id
-# is announced first on stderr so it can be killed as a group. Another user reads it from a
-# private temporary file (mktemp makes it 0600), removed however the script ends. Every process
-# spawned here costs a few milliseconds on each of many instances at once, so the common case
-# (the login user runs the script) spawns as few as it can.
+# The login user's script is read straight from the channel (fd 3), with /dev/null as its stdin,
+# by the login shell itself when that is bash (as `ssh instance "$script"` runs it), else by
+# /bin/bash: no wrapper process waits around it, on each of many instances at once. sshd made
+# that shell a session and process-group leader, so its pid, announced first on stderr, names the
+# group to kill. A signal that ends it arrives as "exit-signal" (see _on_request).
+_AS_LOGIN_USER = (
+    'echo "pymlsql:pid=$$" >&2; cd ~ || exit; '
+    'if [ -n "$BASH_VERSION" ]; then . /dev/fd/3 3<&0 </dev/null; else exec /bin/bash /dev/fd/3 3<&0 </dev/null; fi'
+)
+# Another user's script runs like `su - USER` would, from a private temporary file (mktemp makes it
+# 0600) removed however the script ends, in a session of its own whose id is announced first.
 # `su -c` puts the user's shell in yet another session, so killing means the group of the
 # announced process and the groups of its children (see _GROUPS).
-_WRAPPER = r"""
-u={user}; me=${{USER:-$(id -un)}}
-if [ "$me" = "$u" ]; then
-  # The login user reads the script straight from the channel (fd 3): no file, no extra process.
-  exec 3<&0
-  (cd ~ && exec setsid /bin/bash /dev/fd/3 </dev/null) &
-  exec 3<&-
-else
-  if ! id -u "$u" >/dev/null 2>&1; then
-    printf 'pymlsql:pid=0\npymlsql: no user %s\n' "$u" >&2
-    exit {no_user}
-  fi
-  f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
-  trap 'rm -f "$f"' EXIT
-  cat > "$f" && chown "$u" "$f" || exit 124
-  setsid su - "$u" -s /bin/bash -c "exec /bin/bash $f" </dev/null &
+_AS_OTHER_USER = r"""
+u={user}
+if ! id -u "$u" >/dev/null 2>&1; then
+  printf 'pymlsql:pid=0\npymlsql: no user %s\n' "$u" >&2
+  exit {no_user}
 fi
+f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
+trap 'rm -f "$f"' EXIT
+cat > "$f" && chown "$u" "$f" || exit 124
+setsid su - "$u" -s /bin/bash -c "exec /bin/bash $f" </dev/null &
 pid=$!
 echo "pymlsql:pid=$pid" >&2
 trap 'kill -TERM -- {groups} 2>/dev/null; rm -f "$f"; exit 130' HUP INT TERM
@@ -295,6 +297,20 @@ class KnownHosts:
         os.replace(temporary, self.path)
 
 
+def _on_request(channel: paramiko.Channel, message: paramiko.Message) -> None:
+    """paramiko drops "exit-signal" (RFC 4254, 6.10): a script ended by a signal gets the status
+    bash would give it, 128 + the signal's number, instead of none."""
+    start = message.packet.tell()
+    if message.get_text() == "exit-signal":
+        message.get_boolean()  # want reply: never, for this request
+        number = signal.Signals.__members__.get(f"SIG{message.get_text()}")
+        channel.exit_status = 128 + number if number is not None else 255
+        channel.status_event.set()
+        return
+    message.packet.seek(start)
+    paramiko.Channel._handle_request(channel, message)
+
+
 class SshConnection:
     """One authenticated SSH transport to one instance, reused for every command and copy."""
 
@@ -338,6 +354,7 @@ class SshConnection:
         # algorithm against the server's delayed ACK: about 40 ms per round trip.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
+        transport._channel_handler_table = {**transport._channel_handler_table, MSG_CHANNEL_REQUEST: _on_request}
         options = transport.get_security_options()
         # AES-GCM first: paramiko moves output and copies markedly faster with it than with AES-CTR.
         options.ciphers = [c for c in options.ciphers if "gcm" in c] + [c for c in options.ciphers if "gcm" not in c]
@@ -416,8 +433,10 @@ class SshConnection:
         if pty:
             command = _PTY_WRAPPER.format(user=shlex.quote(user), path=shlex.quote(self._stage(script, user)),
                                           groups=_GROUPS)  # fmt: skip
+        elif user == self.login:
+            command = _AS_LOGIN_USER
         else:
-            command = _WRAPPER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS, groups=_GROUPS)
+            command = _AS_OTHER_USER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS, groups=_GROUPS)
         channel = self._open()
         # Woken when output arrives or the channel closes, rather than polling: many scripts run at
         # once, each on a thread of its own.
