@@ -292,6 +292,28 @@ def test_multibyte_output_survives_packet_boundaries(fleet: Fleet, crew: list[In
     assert all(set(chunk) == {"€"} for chunk in chunks)
 
 
+def test_all_the_output_arrives_even_when_the_exit_status_comes_first(fleet: Fleet, crew: list[Instance]) -> None:
+    # sshd sends the exit status once the script ends, which can be before the last of the output
+    # still in the pipe; ending at the status lost its final kilobytes in about one run in five.
+    size = 16 << 20
+    target = crew[0]
+    for _ in range(12):
+        sink = Recording()
+        fleet.exec([target], f"yes 'a line of output' | head -c {size}", sink=sink)
+        assert len(sink.text(target.instance_id)) == size
+
+
+def test_a_background_process_holding_the_output_does_not_hold_the_exec(fleet: Fleet, crew: list[Instance]) -> None:
+    target = crew[0]
+    started = time.monotonic()
+    result = fleet.exec([target], "sleep 4714 & echo started")
+    try:
+        assert result[target.instance_id].stdout == "started\n"  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 10
+    finally:
+        remote(fleet, target, "pkill -x -f 'sleep 4714'")
+
+
 def test_non_zero_exit_is_a_fleet_error_that_keeps_every_result(fleet: Fleet, crew: list[Instance]) -> None:
     failing = crew[1]
     script = f'echo "on $(hostname)"; if [ "$(hostname)" = "{failing.hostname}" ]; then echo bad >&2; exit 3; fi'

@@ -45,6 +45,9 @@ _CHUNK = 32768
 _STREAM_WINDOW = 16 << 20
 _STREAM_PACKET = 32768
 _STREAM_ERRORS_KEPT = 65536
+# Seconds of silence after a script's exit status before its output is taken as complete while a
+# background process still holds it open (OpenSSH would wait for that process).
+_TRAILING_QUIET = 2.0
 
 # The login user's script is read straight from the channel (fd 3), with /dev/null as its stdin,
 # by the login shell itself when that is bash (as `ssh instance "$script"` runs it), else by
@@ -448,6 +451,7 @@ class SshConnection:
         header: bytearray | None = bytearray()  # the wrapper's pid line, first on stderr (stdout on a pty)
         pid = 0
         started = heard = time.monotonic()
+        ended_at = 0.0  # when the exit status came
 
         def announced(chunk: bytes) -> bytes:
             nonlocal header, pid
@@ -486,7 +490,13 @@ class SshConnection:
                     if chunk := (chunk if pty else announced(chunk)):
                         err.feed(chunk)
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last output still in the pipe: wait
+                    # for the end of the output, unless a background process keeps it open and quiet.
+                    ended_at = ended_at or time.monotonic()
+                    if channel.eof_received or channel.closed:
+                        break
+                    if time.monotonic() - max(ended_at, heard) > _TRAILING_QUIET:
+                        break
                 if cancel is not None and cancel.is_set():
                     self._kill(pid)
                     raise KeyboardInterrupt
@@ -501,7 +511,7 @@ class SshConnection:
                 elif time.monotonic() - heard > self.keepalive:
                     self.check_alive()
                     heard = time.monotonic()
-                elif channel.eof_received:
+                elif channel.eof_received and not channel.exit_status_ready():
                     channel.status_event.wait(0.25)  # all output is in; the exit status follows
                 else:
                     wake.wait(0.25)
