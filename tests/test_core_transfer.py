@@ -155,6 +155,28 @@ def test_a_directory_is_never_merged_into_an_existing_one(fleet: Fleet, node: In
     assert remote(fleet, node, "ls -A /root/merge/data").stdout.split() == ["old.txt"]
 
 
+@pytest.mark.parametrize("size", [4096, BIG], ids=["open connection", "openssh"])
+def test_a_local_tar_that_fails_after_the_whole_stream_leaves_nothing_at_the_target(
+    fleet: Fleet, node: Instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    # As when a file cannot be read: tar still writes a whole archive, but says it failed.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    real = shutil.which("tar") or "/usr/bin/tar"
+    (tools / "tar").write_text(f'#!/bin/sh\n{real} "$@" || exit\ncase " $* " in *" -c "*) exit 2 ;; esac\n')
+    (tools / "tar").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    tree = tmp_path / "failing"
+    tree.mkdir()
+    (tree / "data.bin").write_bytes(os.urandom(size))
+
+    with pytest.raises(FleetError) as caught:
+        fleet.copy_to([node], str(tree), "/root/")
+
+    assert "cannot read" in str(caught.value.result[node.instance_id])
+    assert remote(fleet, node, "ls -a /root | grep -E 'failing|pymlsql-' || true").stdout == ""
+
+
 def test_an_interrupt_through_the_cancel_event_stops_a_copy_and_leaves_nothing(
     fleet: Fleet, node: Instance, tmp_path: Path
 ) -> None:

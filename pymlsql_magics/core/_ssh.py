@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import paramiko
 import yaml
@@ -656,6 +656,11 @@ class ChannelStream:
             sent = 0
             while sent < len(piece):
                 sent += self._patiently(lambda piece=piece, sent=sent: self._channel.send(piece[sent:]))
+
+    def pour(self, source: BinaryIO, count: Callable[[int], None]) -> None:
+        while chunk := cast(io.BufferedReader, source).read1(_STREAM_WINDOW // 16):
+            self.write(chunk)
+            count(len(chunk))
 
     def close_input(self) -> None:
         if not self._channel.closed:

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -35,8 +36,6 @@ _NO_USER = 125
 _BLOCK = 512
 _BUFFER = 1 << 16
 _FINISH_TIMEOUT = 120.0
-# Bytes of the archive kept back until the local tar has read every file: they hold the last mark.
-_HELD_BACK = 4 * 10240
 
 # Unpacks the tar stream on stdin next to the destination, then renames it into place. The
 # placement is decided here, on the instance, so a copy is one round trip however many files.
@@ -53,8 +52,9 @@ s=$p/.$(basename -- "$d").pymlsql-$token
 e=$(mkdir -m 700 -- "$s" 2>&1) || {{ echo "pymlsql: cannot write in the folder $p: ${{e##*: }}" >&2; exit 5; }}
 trap 'rm -rf -- "$s"' EXIT
 trap 'exit 130' HUP INT TERM PIPE
-tar -x -p --no-same-owner -C "$s" -f - || exit 6
-# The archive's last member: without it the stream was cut short, whatever tar thought of it.
+tar -x -i -p --no-same-owner -C "$s" -f - || exit 6
+# The mark comes last, as an archive of its own (-i reads on past the first one's end): without it
+# the stream was cut short or the local tar failed, whatever this tar thought of it.
 [ -e "$s/.pymlsql-complete-$token" ] || {{ echo "pymlsql: the copy was cut short" >&2; exit 9; }}
 chown -R -- "$u": "$s/$n" || exit 7
 mv -T -- "$s/$n" "$d" || exit 8
@@ -116,33 +116,21 @@ def upload(connection: Any, source: str, target: str, *, user: str, progress: Pr
     token = uuid.uuid4().hex[:12]
     script = _UPLOAD.format(user=shlex.quote(user), target=shlex.quote(target), name=shlex.quote(local.name),
                             kind="d" if local.is_dir() else "f", token=token, no_user=_NO_USER)  # fmt: skip
-    meter = Meter(total, estimate + _BLOCK, progress, cancel)
-    marks = Path(tempfile.mkdtemp(prefix="pymlsql-mark-"))
-    (marks / f".pymlsql-complete-{token}").touch()
-    # The archive's last member marks it complete; the local tar runs in C, Python only relays.
+    meter = Meter(total, estimate, progress, cancel)
     # A symlink given as the source is copied as what it points to, as scp does.
     follow = ["-h"] if local.is_symlink() else []
-    packer = _LocalTar([*follow, "-c", "-f", "-", "-C", str(local.parent), f"./{local.name}",
-                        "-C", str(marks), f"./.pymlsql-complete-{token}"])  # fmt: skip
+    packer = _LocalTar([*follow, "-c", "-f", "-", "-C", str(local.parent), f"./{local.name}"])
     stream = open_stream(connection, script, size=total)
     broken: BaseException | None = None
     try:
-        held = bytearray()
-        packed = cast(io.BufferedReader, packer.process.stdout)
         try:
-            while chunk := packed.read1(_BUFFER):
-                held += chunk
-                # The tail, with the mark, goes only once the local tar says every file was read.
-                if len(held) > _HELD_BACK:
-                    sent = len(held) - _HELD_BACK
-                    stream.write(memoryview(held)[:sent])
-                    meter.count(sent)
-                    del held[:sent]
+            # The local tar in C feeds the stream; the mark that completes it follows, as a second
+            # archive, only once that tar says it read every file.
+            stream.pour(cast(io.BufferedReader, packer.process.stdout), meter.count)
             if packer.process.wait() != 0:
                 raise CopyError(f"cannot read {source}: {packer.complaint()}",
                                 hint="Check that every file under it is readable.")  # fmt: skip
-            stream.write(held)
-            meter.count(len(held))
+            stream.write(_completion_mark(token))
         except (OSError, SshError) as error:
             broken = error  # the command ended early: its status says why
         stream.close_input()
@@ -153,7 +141,6 @@ def upload(connection: Any, source: str, target: str, *, user: str, progress: Pr
         raise
     finally:
         packer.close()
-        shutil.rmtree(marks, ignore_errors=True)
     if status != 0:
         raise _failure(status, errors, instance_id, user, f"copying {source} to {instance_id}:{target}", broken)
     if broken is not None:
@@ -305,6 +292,16 @@ def _settle(stream: RemoteStream) -> None:
         stream.finish(10.0)
     except (PymlsqlError, OSError):
         stream.abort()
+
+
+def _completion_mark(token: str) -> bytes:
+    """A tar archive of one empty file, the mark that the stream before it is complete."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w", format=tarfile.GNU_FORMAT) as writer:
+        mark = tarfile.TarInfo(f"./.pymlsql-complete-{token}")
+        mark.mtime, mark.mode = int(time.time()), 0o600
+        writer.addfile(mark)
+    return archive.getvalue()
 
 
 def _padded(size: int) -> int:
