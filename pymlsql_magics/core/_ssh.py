@@ -226,6 +226,8 @@ class KnownHosts:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._keys: paramiko.HostKeys | None = None
+        self._read_as: tuple[int, int, int] | None = None  # the file's inode, mtime and size then
 
     def check(self, instance: Instance, address: str, offered: paramiko.PKey,
               expected: ExpectedKeys | None = None) -> None:  # fmt: skip
@@ -286,18 +288,32 @@ class KnownHosts:
         )
 
     def _load(self) -> paramiko.HostKeys:
-        keys = paramiko.HostKeys()
-        if self.path.exists():
-            keys.load(str(self.path))
-        return keys
+        """The pinned keys, parsed again only when the file changed (another process may pin too):
+        a start of a hundred instances reads them three times per instance."""
+        now = self._signature()
+        if self._keys is None or now != self._read_as:
+            keys = paramiko.HostKeys()
+            if now is not None:
+                keys.load(str(self.path))
+            self._keys, self._read_as = keys, now
+        return self._keys
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            status = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
 
     def _save(self, keys: paramiko.HostKeys) -> None:
+        self._keys = None  # changed in memory: read again unless the file now holds the change
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".known_hosts.")
         os.close(fd)
         keys.save(temporary)
         os.chmod(temporary, 0o600)
         os.replace(temporary, self.path)
+        self._keys, self._read_as = keys, self._signature()
 
 
 def _on_request(channel: paramiko.Channel, message: paramiko.Message) -> None:
