@@ -9,8 +9,9 @@ import shutil
 import stat
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -23,7 +24,7 @@ from .test_core_fleet import config_for, remote
 
 # Streams from this size go through OpenSSH in these tests (hundreds of MiB in real use).
 THRESHOLD = 1 << 20
-BIG = THRESHOLD + 123_457  # not a multiple of any block size
+BIG = 16 * THRESHOLD + 123_457  # not a multiple of any block size; progress comes a MiB at a time
 
 
 @pytest.fixture(autouse=True)
@@ -217,6 +218,11 @@ class Bytes:
 
     def read(self, size: int) -> bytes:
         return self._data.read(min(size, 1000))
+
+    def drain(self, target: BinaryIO, count: Callable[[int], None]) -> None:
+        while chunk := self.read(1000):
+            target.write(chunk)
+            count(len(chunk))
 
 
 def archive_of(*members: tuple[str, str]) -> bytes:

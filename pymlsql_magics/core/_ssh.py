@@ -686,6 +686,11 @@ class ChannelStream:
     def read(self, size: int) -> bytes:
         return self._patiently(lambda: self._channel.recv(size))
 
+    def drain(self, target: BinaryIO, count: Callable[[int], None]) -> None:
+        while chunk := self.read(_STREAM_WINDOW // 16):
+            target.write(chunk)
+            count(len(chunk))
+
     def finish(self, timeout: float) -> tuple[int, str]:
         if not self._channel.status_event.wait(timeout):
             self._channel.close()

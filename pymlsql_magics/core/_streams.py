@@ -48,6 +48,9 @@ class RemoteStream(Protocol):
 
     def read(self, size: int) -> bytes: ...
 
+    def drain(self, target: BinaryIO, count: Callable[[int], None]) -> None:
+        """Writes everything the command prints to `target` until its end, calling `count` with each amount."""
+
     def finish(self, timeout: float) -> tuple[int, str]: ...
 
     def abort(self) -> None: ...
@@ -94,6 +97,18 @@ class OpenSshStream:
         if _SPLICE is None or not _widened(into) or not _widened(out_of):
             while chunk := cast(io.BufferedReader, source).read1(_PIPE_SIZE):
                 self.write(chunk)
+                count(len(chunk))
+            return
+        while moved := _SPLICE(out_of, into, _PIPE_SIZE):
+            count(moved)
+
+    def drain(self, target: BinaryIO, count: Callable[[int], None]) -> None:
+        assert self._process.stdout is not None
+        target.flush()
+        out_of, into = self._process.stdout.fileno(), target.fileno()
+        if _SPLICE is None or not _widened(into) or not _widened(out_of):
+            while chunk := self.read(_PIPE_SIZE):
+                target.write(chunk)
                 count(len(chunk))
             return
         while moved := _SPLICE(out_of, into, _PIPE_SIZE):

@@ -276,9 +276,7 @@ def relay(stream: RemoteStream, unpacker: _LocalTar, meter: Meter) -> None:
     into = unpacker.process.stdin
     assert into is not None
     try:
-        while chunk := stream.read(_BUFFER):
-            meter.count(len(chunk))
-            into.write(chunk)
+        stream.drain(cast(io.BufferedWriter, into), meter.count)
         into.close()
     except BrokenPipeError:
         pass  # the local tar gave up; its exit status and message say why
