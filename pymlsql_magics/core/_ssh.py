@@ -258,10 +258,17 @@ class KnownHosts:
         """Pins keys known without connecting, such as those a cloud-config gave the instance."""
         with self._lock:
             keys = self._load()
+            new = instance_id not in keys and self._read_as is not None
             for line in public_lines:
                 key = _public_key(line)
                 keys.add(instance_id, key.get_name(), key)
-            self._save(keys)
+            if new:
+                # A first pin is a line at the end: rewriting the whole file for each of a hundred
+                # instances being started costs more than their handshakes.
+                self._append(keys, [f"{instance_id} {key.get_name()} {key.get_base64()}\n"
+                                    for key in keys.lookup(instance_id).values()])  # fmt: skip
+            else:
+                self._save(keys)
 
     def pinned_types(self, instance_id: str) -> list[str]:
         with self._lock:
@@ -304,6 +311,15 @@ class KnownHosts:
         except FileNotFoundError:
             return None
         return status.st_ino, status.st_mtime_ns, status.st_size
+
+    def _append(self, keys: paramiko.HostKeys, lines: list[str]) -> None:
+        text = "".join(lines)
+        before, self._keys = self._read_as, None  # changed in memory: read again unless the file holds it
+        with open(self.path, "a", encoding="ascii") as file:
+            file.write(text)
+        after = self._signature()
+        if before is not None and after is not None and after[0] == before[0] and after[2] == before[2] + len(text):
+            self._keys, self._read_as = keys, after  # nobody else wrote meanwhile
 
     def _save(self, keys: paramiko.HostKeys) -> None:
         self._keys = None  # changed in memory: read again unless the file now holds the change
