@@ -303,15 +303,20 @@ def test_all_the_output_arrives_even_when_the_exit_status_comes_first(fleet: Fle
         assert len(sink.text(target.instance_id)) == size
 
 
-def test_a_background_process_holding_the_output_does_not_hold_the_exec(fleet: Fleet, crew: list[Instance]) -> None:
+@pytest.mark.parametrize("keepalive", [10.0, 0.5])
+def test_a_background_process_holding_the_output_does_not_hold_the_exec(
+    sandbox: Sandbox, home: Path, crew: list[Instance], keepalive: float
+) -> None:
+    # Keepalive checks during the wait (every 0.5 s here) are no output: they do not prolong it.
     target = crew[0]
-    started = time.monotonic()
-    result = fleet.exec([target], "sleep 4714 & echo started")
-    try:
-        assert result[target.instance_id].stdout == "started\n"  # type: ignore[attr-defined]
-        assert time.monotonic() - started < 10
-    finally:
-        remote(fleet, target, "pkill -x -f 'sleep 4714'")
+    with Fleet(config_for(sandbox, home, keepalive_interval=keepalive)) as own:
+        started = time.monotonic()
+        result = own.exec([target], "sleep 4714 & echo started")
+        try:
+            assert result[target.instance_id].stdout == "started\n"  # type: ignore[attr-defined]
+            assert time.monotonic() - started < 10
+        finally:
+            remote(own, target, "pkill -x -f 'sleep 4714'")
 
 
 def test_non_zero_exit_is_a_fleet_error_that_keeps_every_result(fleet: Fleet, crew: list[Instance]) -> None:
@@ -349,6 +354,9 @@ def test_a_script_ended_by_a_signal_exits_with_128_plus_its_number(
 
     killed = fleet.exec(crew[:1], "kill -KILL $$", user=user, check=False)
     assert killed[crew[0].instance_id].exit_status == 137  # type: ignore[attr-defined]
+    # The instance's number for the signal (Linux: 10), whatever this machine numbers it.
+    user1 = fleet.exec(crew[:1], "kill -USR1 $$", user=user, check=False)
+    assert user1[crew[0].instance_id].exit_status == 138  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("user", ["root", "webuser"])

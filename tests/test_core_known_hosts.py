@@ -54,3 +54,15 @@ def test_an_appended_pin_is_enforced_and_forgetting_rewrites_the_file(tmp_path: 
     pins.forget(["i-first"])
     assert KnownHosts(path).pinned_types("i-first") == []
     assert KnownHosts(path).pinned_types("i-second") == ["ssh-ed25519"]
+
+
+def test_a_pin_after_a_hand_edit_that_dropped_the_last_newline_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "known_hosts"
+    first, second = new_key(), new_key()
+    KnownHosts(path).pin("i-first", [public_key_line(first)])
+    path.write_text(path.read_text().rstrip("\n"))
+
+    KnownHosts(path).pin("i-second", [public_key_line(second)])
+
+    assert KnownHosts(path).pinned_types("i-first") == KnownHosts(path).pinned_types("i-second") == ["ssh-ed25519"]
+    assert len(path.read_text().splitlines()) == 2

@@ -24,7 +24,7 @@ from .test_core_fleet import config_for, remote
 
 # Streams from this size go through OpenSSH in these tests (hundreds of MiB in real use).
 THRESHOLD = 1 << 20
-BIG = 16 * THRESHOLD + 123_457  # not a multiple of any block size; progress comes a MiB at a time
+BIG = 4 * THRESHOLD + 123_457  # not a multiple of any block size; progress comes in 256 KiB steps
 
 
 @pytest.fixture(autouse=True)

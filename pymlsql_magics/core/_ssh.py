@@ -14,7 +14,6 @@ import io
 import os
 import re
 import shlex
-import signal
 import socket
 import tempfile
 import threading
@@ -50,13 +49,14 @@ _STREAM_ERRORS_KEPT = 65536
 _TRAILING_QUIET = 2.0
 
 # The login user's script is read straight from the channel (fd 3), with /dev/null as its stdin,
-# by the login shell itself when that is bash (as `ssh instance "$script"` runs it), else by
-# /bin/bash: no wrapper process waits around it, on each of many instances at once. sshd made
-# that shell a session and process-group leader, so its pid, announced first on stderr, names the
-# group to kill. A signal that ends it arrives as "exit-signal" (see _on_request).
+# by the login shell itself when that is bash and not in POSIX mode (as `ssh instance "$script"`
+# runs it), else by /bin/bash: no wrapper process waits around it, on each of many instances at
+# once. sshd made that shell a session and process-group leader, so its pid, announced first on
+# stderr, names the group to kill. A signal that ends it arrives as "exit-signal" (see _on_request).
 _AS_LOGIN_USER = (
     'echo "pymlsql:pid=$$" >&2; cd ~ || exit; '
-    'if [ -n "$BASH_VERSION" ]; then . /dev/fd/3 3<&0 </dev/null; else exec /bin/bash /dev/fd/3 3<&0 </dev/null; fi'
+    'if [ -n "$BASH_VERSION" ] && ! shopt -qo posix; then . /dev/fd/3 3<&0 </dev/null; '
+    "else exec /bin/bash /dev/fd/3 3<&0 </dev/null; fi"
 )
 # Another user's script runs like `su - USER` would, from a private temporary file (mktemp makes it
 # 0600) removed however the script ends, in a session of its own whose id is announced first.
@@ -256,11 +256,11 @@ class KnownHosts:
 
     def pin(self, instance_id: str, public_lines: list[str]) -> None:
         """Pins keys known without connecting, such as those a cloud-config gave the instance."""
+        parsed = [_public_key(line) for line in public_lines]  # a bad line changes nothing
         with self._lock:
             keys = self._load()
             new = instance_id not in keys and self._read_as is not None
-            for line in public_lines:
-                key = _public_key(line)
+            for key in parsed:
                 keys.add(instance_id, key.get_name(), key)
             if new:
                 # A first pin is a line at the end: rewriting the whole file for each of a hundred
@@ -313,10 +313,17 @@ class KnownHosts:
         return status.st_ino, status.st_mtime_ns, status.st_size
 
     def _append(self, keys: paramiko.HostKeys, lines: list[str]) -> None:
-        text = "".join(lines)
         before, self._keys = self._read_as, None  # changed in memory: read again unless the file holds it
-        with open(self.path, "a", encoding="ascii") as file:
-            file.write(text)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)  # never created here: _save makes it 0600
+        except FileNotFoundError:
+            self._save(keys)
+            return
+        with os.fdopen(fd, "r+b") as file:
+            # A line removed by hand may have taken the last newline with it.
+            ends_a_line = file.seek(0, os.SEEK_END) == 0 or os.pread(fd, 1, file.tell() - 1) == b"\n"
+            text = ("" if ends_a_line else "\n") + "".join(lines)
+            file.write(text.encode("ascii"))
         after = self._signature()
         if before is not None and after is not None and after[0] == before[0] and after[2] == before[2] + len(text):
             self._keys, self._read_as = keys, after  # nobody else wrote meanwhile
@@ -332,13 +339,19 @@ class KnownHosts:
         self._keys, self._read_as = keys, self._signature()
 
 
+# The instance's numbers, not this machine's (they differ on macOS; Windows lacks most).
+_LINUX_SIGNALS = {name: number for number, name in enumerate(
+    "HUP INT QUIT ILL TRAP ABRT BUS FPE KILL USR1 SEGV USR2 PIPE ALRM TERM STKFLT CHLD CONT STOP TSTP TTIN "
+    "TTOU URG XCPU XFSZ VTALRM PROF WINCH IO PWR SYS".split(), start=1)}  # fmt: skip
+
+
 def _on_request(channel: paramiko.Channel, message: paramiko.Message) -> None:
     """paramiko drops "exit-signal" (RFC 4254, 6.10): a script ended by a signal gets the status
     bash would give it, 128 + the signal's number, instead of none."""
     start = message.packet.tell()
     if message.get_text() == "exit-signal":
         message.get_boolean()  # want reply: never, for this request
-        number = signal.Signals.__members__.get(f"SIG{message.get_text()}")
+        number = _LINUX_SIGNALS.get(message.get_text())
         channel.exit_status = 128 + number if number is not None else 255
         channel.status_event.set()
         return
@@ -482,7 +495,7 @@ class SshConnection:
         err = StreamDecoder(source, "stderr", sink, keep=keep)
         header: bytearray | None = bytearray()  # the wrapper's pid line, first on stderr (stdout on a pty)
         pid = 0
-        started = heard = time.monotonic()
+        started = heard = last_output = time.monotonic()
         ended_at = 0.0  # when the exit status came
 
         def announced(chunk: bytes) -> bytes:
@@ -521,13 +534,13 @@ class SshConnection:
                     busy = True
                     if chunk := (chunk if pty else announced(chunk)):
                         err.feed(chunk)
+                # Read before the buffers are looked at: all output is in them once the end came.
+                output_ended = channel.eof_received or channel.closed
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     # sshd may send the exit status before the last output still in the pipe: wait
                     # for the end of the output, unless a background process keeps it open and quiet.
                     ended_at = ended_at or time.monotonic()
-                    if channel.eof_received or channel.closed:
-                        break
-                    if time.monotonic() - max(ended_at, heard) > _TRAILING_QUIET:
+                    if output_ended or time.monotonic() - max(ended_at, last_output) > _TRAILING_QUIET:
                         break
                 if cancel is not None and cancel.is_set():
                     self._kill(pid)
@@ -536,10 +549,10 @@ class SshConnection:
                     self._kill(pid)
                     raise WaitTimeoutError(
                         f"the script on {source} did not finish within {timeout:g} s; it was stopped",
-                        hint="Raise the timeout, or run long jobs in the background (nohup ... &).",
+                        hint="Raise the timeout, or run long jobs in the background (nohup CMD > CMD.log 2>&1 &).",
                     )
                 if busy:
-                    heard = time.monotonic()
+                    heard = last_output = time.monotonic()
                 elif time.monotonic() - heard > self.keepalive:
                     self.check_alive()
                     heard = time.monotonic()

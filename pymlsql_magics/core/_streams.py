@@ -30,8 +30,9 @@ except ImportError:  # not on Windows
 # for streams of a few hundred megabytes.
 OPENSSH_FROM = 256 << 20
 _ERRORS_KEPT = 65536
-# Pipes this wide let the kernel move a megabyte per system call between the local tar and ssh.
-_PIPE_SIZE = 1 << 20
+# Pipes this wide let the kernel move 256 KiB per system call between the local tar and ssh, while
+# dozens of copies at once stay well within a user's share of pipe memory (pipe-user-pages-soft).
+_PIPE_SIZE = 256 << 10
 _SPLICE = getattr(os, "splice", None)  # Linux
 _SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux
 
