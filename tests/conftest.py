@@ -54,6 +54,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 @pytest.fixture
+def cleared(faulty: Sandbox) -> Iterator[Sandbox]:
+    """The module's own `faulty` sandbox with no fault set, before and after the test."""
+    faulty.fault({"clear": True})
+    yield faulty
+    faulty.fault({"clear": True})
+
+
+@pytest.fixture
 def client(sandbox: Sandbox) -> Client:
     return new_client(sandbox)
 

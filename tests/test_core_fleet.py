@@ -748,13 +748,6 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield running
 
 
-@pytest.fixture
-def cleared(faulty: Sandbox) -> Iterator[Sandbox]:
-    faulty.fault({"clear": True})
-    yield faulty
-    faulty.fault({"clear": True})
-
-
 @pytest.fixture(scope="module")
 def fhome(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("faults-home")

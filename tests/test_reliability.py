@@ -36,13 +36,6 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         assert not left, f"instances left behind: {left}"
 
 
-@pytest.fixture
-def cleared(faulty: Sandbox) -> Iterator[Sandbox]:
-    faulty.fault({"clear": True})
-    yield faulty
-    faulty.fault({"clear": True})
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("reliability-home")

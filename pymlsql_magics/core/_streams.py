@@ -91,29 +91,12 @@ class OpenSshStream:
         self._process.stdin.write(data)
 
     def pour(self, source: BinaryIO, count: Callable[[int], None]) -> None:
-        # Where the kernel can splice one pipe into another, the bytes never pass through Python.
         assert self._process.stdin is not None
-        self._process.stdin.flush()
-        into, out_of = self._process.stdin.fileno(), source.fileno()
-        if _SPLICE is None or not _widened(into) or not _widened(out_of):
-            while chunk := cast(io.BufferedReader, source).read1(_PIPE_SIZE):
-                self.write(chunk)
-                count(len(chunk))
-            return
-        while moved := _SPLICE(out_of, into, _PIPE_SIZE):
-            count(moved)
+        _move(source, self._process.stdin, count)
 
     def drain(self, target: BinaryIO, count: Callable[[int], None]) -> None:
         assert self._process.stdout is not None
-        target.flush()
-        out_of, into = self._process.stdout.fileno(), target.fileno()
-        if _SPLICE is None or not _widened(into) or not _widened(out_of):
-            while chunk := self.read(_PIPE_SIZE):
-                target.write(chunk)
-                count(len(chunk))
-            return
-        while moved := _SPLICE(out_of, into, _PIPE_SIZE):
-            count(moved)
+        _move(self._process.stdout, target, count)
 
     def close_input(self) -> None:
         if self._process.stdin is not None and not self._process.stdin.closed:
@@ -151,6 +134,22 @@ class OpenSshStream:
                     pipe.close()
                 except BrokenPipeError:
                     pass
+
+
+def _move(source: BinaryIO, target: BinaryIO, count: Callable[[int], None]) -> None:
+    """Everything `source` gives until its end, into `target`, calling `count` with each amount.
+
+    Where the kernel can splice one pipe into another, the bytes never pass through Python.
+    """
+    target.flush()
+    out_of, into = source.fileno(), target.fileno()
+    if _SPLICE is not None and _widened(out_of) and _widened(into):
+        while moved := _SPLICE(out_of, into, _PIPE_SIZE):
+            count(moved)
+        return
+    while chunk := cast(io.BufferedReader, source).read1(_PIPE_SIZE):
+        target.write(chunk)
+        count(len(chunk))
 
 
 def _widened(pipe: int) -> bool:
