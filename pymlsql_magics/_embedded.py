@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .core import ConfigError, EcsConfig
+from .core import ConfigError, CredentialsSource, EcsConfig
 from .sandbox import default_state_dir
 from .sandbox._control import SandboxControlError
 from .sandbox._control import start as start_sandbox
@@ -35,7 +35,7 @@ def with_sandbox_fallback(config: EcsConfig, say: Callable[[str], None]) -> EcsC
         region_id=info["region_id"],
         access_key_id=info["access_key_id"],
         access_key_secret=info["access_key_secret"],
-        credentials_source="local sandbox",
+        credentials_source=CredentialsSource.SANDBOX,
     )
 
 

@@ -22,16 +22,24 @@ from .core import (
     ConsoleSink,
     EcsConfig,
     ExecResult,
+    Face,
     Fleet,
     FleetError,
+    FleetResult,
     Instance,
     PymlsqlError,
-    parse_duration,
+    launch_spec,
+    naming,
+    parse_flag,
+    parse_pairs,
+    start_arguments,
 )
 from .sandbox import _cli as sandbox_cli
 from .sandbox._control import SandboxControlError
 from .sandbox._hosts import HostError
 from .sandbox._server import SandboxBusyError
+
+_FACE = Face(start="pymlsql start", list="pymlsql list", user_flag="--execute-user")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,29 +47,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"pymlsql: error: {message}\nHint: `{self.prog} --help` lists what it takes.\n")
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "yes", "1", "on"):
-        return True
-    if value in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ConfigError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _tag(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. --tag team=ml), got {text!r}")
-    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssh.add_argument("--key-pair-name", metavar="NAME",
                      help="key pair whose private key is ~/.ssh/NAME (default: MLSQL_KEY_PARE_NAME, "
                           "else the instance's own key pair)")  # fmt: skip
-    ssh.add_argument("--need-public-ip", type=_flag, default=False, metavar="true|false",
+    ssh.add_argument("--need-public-ip", type=parse_flag, nargs="?", const=True, default=False, metavar="true|false",
                      help="connect through the public IP (default false: the private IP)")  # fmt: skip
 
     parser = _Parser(
@@ -90,29 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     start = commands.add_parser("start", parents=[common], help="start instances and wait until SSH works",
                                 description="Create instances (or reuse them by id or name), wait until they "
                                 "are Running and SSH accepts the key, print their addresses.")  # fmt: skip
-    start.add_argument("--image-id", help="image to create instances from")
-    start.add_argument("--instance-type", default="ecs.g7.large", help="instance type (default %(default)s)")
-    start.add_argument("--key-pair-name", help="key pair to authorize for root (default: MLSQL_KEY_PARE_NAME)")
-    start.add_argument("--init-ssh-key", type=_flag, default=False, metavar="true|false",
-                       help="create the key pair and save its private key to ~/.ssh/NAME (default false)")  # fmt: skip
-    start.add_argument("--need-public-ip", type=_flag, default=False, metavar="true|false",
-                       help="give the instances public IPs (default false)")  # fmt: skip
-    start.add_argument("--security-group", help="security group id")
-    start.add_argument("--vswitch", help="vSwitch id")
-    start.add_argument("--zone", help="zone id")
-    start.add_argument("--instance-id", action="append", default=[], metavar="ID",
-                       help="reuse this instance (started if Stopped); repeatable")  # fmt: skip
-    start.add_argument("--count", type=int, default=1, help="how many instances (default 1)")
-    start.add_argument("--name", help="name them; a start with a name finds what an earlier one made")
-    start.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help="tag; repeatable")
-    start.add_argument("--ttl", type=_duration, metavar="DURATION",
-                       help="release automatically after this long (ECS AutoReleaseTime), e.g. 2h")  # fmt: skip
-    start.add_argument("--user-data-file", metavar="FILE", help="user data (#! script or #cloud-config)")
-    start.add_argument("--spot-strategy", choices=["NoSpot", "SpotWithPriceLimit", "SpotAsPriceGo"])
-    start.add_argument("--system-disk-size", type=int, metavar="GIB", help="system disk size in GiB")
-    start.add_argument("--system-disk-category", help="system disk category, e.g. cloud_essd")
-    start.add_argument("--start-timeout", type=float, metavar="SECONDS", help="give up after this long")
-    start.add_argument("--keep-on-failure", action="store_true", help="keep instances a failed start created")
+    for options, keywords in start_arguments("cli"):
+        start.add_argument(*options, **keywords)
     start.add_argument("--output", choices=["text", "json"], default="text", help="output format (default text)")
 
     stop = commands.add_parser("stop", parents=[common], help="stop and release instances")
@@ -132,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     exec_shell.add_argument("--script-file", required=True, metavar="FILE", help="the script to run")
     exec_shell.add_argument("--execute-user", default="root", metavar="USER", help="run as this user (default root)")
     exec_shell.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the script after this long")
+    exec_shell.add_argument("--env", action="append", metavar="KEY=VALUE",
+                            help="environment variable exported to the script; repeatable")  # fmt: skip
 
     for name, what in (("copy-from-local", "copy a local file or directory to instances"),
                        ("copy-to-local", "copy a file or directory of an instance here")):  # fmt: skip
@@ -139,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    description=f"{what[0].upper()}{what[1:]}, like scp -r: a target that is an "
                                    "existing directory receives the source under its own name.")  # fmt: skip
         copy.add_argument("--instance-id", action="append", required=True, metavar="ID", nargs="+",
-                          help="instance(s)" if name == "copy-from-local" else "the instance")  # fmt: skip
+                          help="instance(s); from several, each one's copy lands in TARGET/INSTANCE_ID"
+                          if name == "copy-to-local" else "instance(s)")  # fmt: skip
         copy.add_argument("--execute-user", default="root", metavar="USER",
                           help="owner of copied files; relative remote paths start at their home")  # fmt: skip
         copy.add_argument("--source", required=True, help="what to copy")
@@ -176,10 +143,8 @@ def _say(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = with_sandbox_fallback(
-        EcsConfig.from_env(region_id=args.region, start_timeout=getattr(args, "start_timeout", None)), _say
-    )
-    with Fleet(config, progress=_say) as fleet:
+    config = with_sandbox_fallback(EcsConfig.from_env(region_id=args.region), _say)
+    with Fleet(config, progress=_say, face=_FACE) as fleet:
         handler = {
             "start": _start,
             "stop": _stop,
@@ -196,38 +161,10 @@ def _key_pair(args: argparse.Namespace) -> str | None:
 
 
 def _start(fleet: Fleet, args: argparse.Namespace) -> int:
-    user_data = None
-    if args.user_data_file:
-        try:
-            user_data = Path(args.user_data_file).read_text()
-        except OSError as error:
-            raise ConfigError(
-                f"cannot read the user data file {args.user_data_file}: {error.strerror}",
-                hint="Check --user-data-file.",
-            ) from None
-    if not args.image_id and not args.instance_id and not args.name:
+    spec = launch_spec(vars(args), {"key_pair_name": _key_pair(args)})
+    if not spec.image_id and not spec.instance_ids and not spec.name:
         raise ConfigError("nothing to start", hint="Pass --image-id (or --instance-id to reuse an instance).")
-    instances = fleet.start(
-        image_id=args.image_id,
-        instance_type=args.instance_type,
-        count=args.count,
-        name=args.name,
-        instance_ids=args.instance_id or None,
-        key_pair_name=_key_pair(args),
-        init_ssh_key=args.init_ssh_key,
-        need_public_ip=args.need_public_ip,
-        security_group=args.security_group,
-        vswitch=args.vswitch,
-        zone=args.zone,
-        tags=dict(args.tag),
-        user_data=user_data,
-        spot_strategy=args.spot_strategy,
-        system_disk_size=args.system_disk_size,
-        system_disk_category=args.system_disk_category,
-        ttl=args.ttl,
-        keep_on_failure=args.keep_on_failure,
-    )
-    _print_instances(instances, args.output)
+    _print_instances(fleet.start(spec), args.output)
     return 0
 
 
@@ -279,6 +216,7 @@ def _exec_shell(fleet: Fleet, args: argparse.Namespace) -> int:
         raise ConfigError(
             f"cannot read the script file {args.script_file}: {error.strerror}", hint="Check --script-file."
         ) from None
+    env = parse_pairs("--env", args.env)
     instances = fleet.get(ids)
     sink = ConsoleSink(label=len(instances) > 1)
     cancel = threading.Event()
@@ -293,24 +231,15 @@ def _exec_shell(fleet: Fleet, args: argparse.Namespace) -> int:
             key_pair_name=_key_pair(args),
             public=args.need_public_ip,
             cancel=cancel,
+            env=env,
         )
     finally:
         sink.flush()
-    failures = {i: o for i, o in result.items() if not isinstance(o, ExecResult)}
-    if failures:
-        raise FleetError(
-            "; ".join(_naming(instance_id, error) for instance_id, error in failures.items()),
-            result=result,
-            hint=next((e.hint for e in failures.values() if getattr(e, "hint", None)), None),  # type: ignore[attr-defined]
-        )
+    if result.errors:
+        reasons = "; ".join(naming(instance_id, error) for instance_id, error in result.errors.items())
+        raise FleetError(reasons, result=result, hint=result.first_hint)
     statuses = [outcome.exit_status for outcome in result.values() if isinstance(outcome, ExecResult)]
     return next((status for status in statuses if status != 0), 0)
-
-
-def _naming(instance_id: str, error: object) -> str:
-    """The first line of an instance's error, led by its id unless the error already starts with it."""
-    line = str(error).splitlines()[0]
-    return line if line.startswith(instance_id) else f"{instance_id}: {line}"
 
 
 def _copy_from_local(fleet: Fleet, args: argparse.Namespace) -> int:
@@ -323,21 +252,19 @@ def _copy_from_local(fleet: Fleet, args: argparse.Namespace) -> int:
         key_pair_name=_key_pair(args),
         public=args.need_public_ip,
     )
-    for outcome in result.values():
-        _say(f"copied {outcome.files} file(s), {outcome.bytes} bytes to {outcome.instance_id}:{outcome.target}")  # type: ignore[attr-defined]
+    for outcome in result.succeeded.values():
+        _say(f"copied {outcome.files} file(s), {outcome.bytes} bytes to {outcome.instance_id}:{outcome.target}")
     return 0
 
 
 def _copy_to_local(fleet: Fleet, args: argparse.Namespace) -> int:
-    ids = [instance_id for group in args.instance_id for instance_id in group]
-    if len(ids) != 1:
-        raise ConfigError("copy-to-local copies from one instance", hint="Pass a single --instance-id.")
-    (instance,) = fleet.get(ids)
-    outcome = fleet.copy_from(
-        instance, args.source, args.target, user=args.execute_user, key_pair_name=_key_pair(args),
-        public=args.need_public_ip,
-    )  # fmt: skip
-    _say(f"copied {outcome.files} file(s), {outcome.bytes} bytes to {outcome.target}")
+    ids = list(dict.fromkeys(instance_id for group in args.instance_id for instance_id in group))
+    instances = fleet.get(ids)
+    outcome = fleet.copy_from(instances[0] if len(instances) == 1 else instances, args.source, args.target,
+                              user=args.execute_user, key_pair_name=_key_pair(args),
+                              public=args.need_public_ip)  # fmt: skip
+    for copied in outcome.succeeded.values() if isinstance(outcome, FleetResult) else [outcome]:
+        _say(f"copied {copied.files} file(s), {copied.bytes} bytes to {copied.target}")
     return 0
 
 

@@ -13,32 +13,41 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Float, Int, Unicode
+from traitlets import Int, Unicode
 
 from ._embedded import with_sandbox_fallback
+from ._traits import CONFIG_TRAITS, START_TRAITS, Settings
 from .core import (
     ConfigError,
+    ConsoleSink,
+    CredentialsSource,
     EcsConfig,
+    ExecResult,
+    Face,
     Fleet,
     FleetError,
     FleetResult,
     Instance,
     InstanceList,
+    LogSink,
     PymlsqlError,
-    parse_duration,
+    TeeSink,
+    launch_spec,
+    naming,
+    parse_pairs,
+    start_arguments,
 )
 from .sandbox import _control as sandbox_control
 from .sandbox import default_state_dir
 from .widgets import CopyView, ExecView, StartView, has_widget_frontend
 
-_DEFAULTS = EcsConfig()
+_FACE = Face(start="%ecs_start", list="%ecs_list", user_flag="--user")
 _REMOTE = re.compile(r"^(?P<target>[A-Za-z_][\w.\-]*|i-[\w]+):(?P<path>.*)$")
 
 
@@ -61,39 +70,20 @@ def _parse(magic: Any, line: str) -> Any:
     return magic.parser.parse_args(words)
 
 
-def _duration(text: str | None) -> float | None:
-    return None if text is None else parse_duration(text)
-
-
-def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    pairs = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{what} must be KEY=VALUE, got {item!r}\nHint: e.g. {what} team=ml")
-        pairs[key] = value
-    return pairs
+def _start_flags(magic: Any) -> Any:
+    """%ecs_start's flags, made from the core's table of start settings."""
+    for options, keywords in reversed(start_arguments("magics")):
+        magic = argument(*options, **keywords)(magic)
+    return magic
 
 
 @magics_class
-class EcsMagics(Magics):
-    """Start, use and release Alibaba Cloud ECS instances from a notebook."""
+class EcsMagics(Magics, Settings):
+    """Start, use and release Alibaba Cloud ECS instances from a notebook.
 
-    region_id = Unicode(_DEFAULTS.region_id, help="Region of the instances.").tag(config=True)
-    start_timeout = Float(_DEFAULTS.start_timeout, help="Seconds to wait for Running and SSH.").tag(config=True)
-    ssh_connect_timeout = Float(_DEFAULTS.ssh_connect_timeout, help="Seconds to connect over SSH.").tag(config=True)
-    keepalive_interval = Float(
-        _DEFAULTS.keepalive_interval, help="Seconds of silence before checking a connection still answers."
-    ).tag(config=True)
-    max_parallel = Int(_DEFAULTS.max_parallel, help="Instances worked on at once.").tag(config=True)
-    known_hosts = Unicode(_DEFAULTS.known_hosts, help="Where host keys are pinned.").tag(config=True)
-    key_dir = Unicode(_DEFAULTS.key_dir, help="Folder of private keys, one file per key pair.").tag(config=True)
-    api_attempts = Int(_DEFAULTS.api_attempts, help="Tries of a throttled or failing API call.").tag(config=True)
-    exec_output_limit = Int(
-        _DEFAULTS.exec_output_limit, help="Characters of each stream kept in -o results (the last ones)."
-    ).tag(config=True)
-    key_pair_name = Unicode("", help="Key pair for new instances and for logging in.").tag(config=True)
-    instance_type = Unicode("ecs.g7.large", help="Instance type of new instances.").tag(config=True)
+    Its `%config` traits are the core's settings (made in `_traits.py`) plus the three below.
+    """
+
     default_user = Unicode("root", help="User that %%ecs_exec and %ecs_copy act as.").tag(config=True)
     output_lines = Int(200, help="Lines of output kept on screen per instance.").tag(config=True)
     log_dir = Unicode("~/.pymlsql/logs", help="Where the full output of %%ecs_exec is written.").tag(config=True)
@@ -113,9 +103,7 @@ class EcsMagics(Magics):
         # Only settings given through %config (or ipython_config.py) beat the environment; a trait
         # still at its default must not hide ALIBABA_CLOUD_REGION_ID and the like.
         settings = {
-            f.name: getattr(self, f.name)
-            for f in fields(EcsConfig)
-            if self.has_trait(f.name) and getattr(self, f.name) != self.trait_defaults(f.name)
+            name: getattr(self, name) for name in CONFIG_TRAITS if getattr(self, name) != self.trait_defaults(name)
         }
         return EcsConfig.from_env(**{**settings, **{k: v for k, v in flags.items() if v is not None}})
 
@@ -133,7 +121,7 @@ class EcsMagics(Magics):
                 config = config.with_changes(endpoint=info["endpoint"], region_id=info["region_id"],
                                              access_key_id=info["access_key_id"],
                                              access_key_secret=info["access_key_secret"],
-                                             credentials_source="local sandbox")  # fmt: skip
+                                             credentials_source=CredentialsSource.SANDBOX)  # fmt: skip
             with Fleet(config) as fleet:
                 left = fleet.find()
         except PymlsqlError as error:
@@ -143,7 +131,7 @@ class EcsMagics(Magics):
             return
         shown = ", ".join(f"{i.instance_id} ({i.status}{', ' + i.name if i.name else ''})" for i in left[:10])
         more = f" and {len(left) - 10} more" if len(left) > 10 else ""
-        where = " in the local sandbox" if config.credentials_source == "local sandbox" else ""
+        where = " in the local sandbox" if config.credentials_source is CredentialsSource.SANDBOX else ""
         print(
             f"pymlsql: {len(left)} instance(s) this tool created are still there{where}: {shown}{more}.\n"
             "Release them with %ecs_stop --all (or %ecs_stop NAME); %ecs_list shows them.",
@@ -161,13 +149,13 @@ class EcsMagics(Magics):
         if self._fleet is None or self._fleet_config != config:
             if self._fleet is not None:
                 self._fleet.close()
-            self._fleet = Fleet(config)
+            self._fleet = Fleet(config, face=_FACE)
             self._fleet_config = config
         return self._fleet
 
     @property
     def _sandboxed(self) -> bool:
-        return self._fleet_config is not None and self._fleet_config.credentials_source == "local sandbox"
+        return self._fleet_config is not None and self._fleet_config.credentials_source is CredentialsSource.SANDBOX
 
     def _resolve(self, fleet: Fleet, words: list[str]) -> list[Instance]:
         """A fleet variable, instance ids, or a name given with %ecs_start --name."""
@@ -202,23 +190,8 @@ class EcsMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("--image-id", help="Image to create instances from.")
-    @argument("--instance-type", help="Instance type (default: EcsMagics.instance_type).")
-    @argument("--count", type=int, default=1, help="How many instances.")
-    @argument("--name", help="Name them; a start with a name returns what an earlier one made.")
-    @argument("--key-pair-name", help="Key pair to authorize for root (default: EcsMagics.key_pair_name).")
-    @argument("--init-ssh-key", action="store_true", help="Create the key pair, saving its key to ~/.ssh/NAME.")
-    @argument("--need-public-ip", action="store_true", help="Give the instances public IPs.")
-    @argument("--security-group", help="Security group id.")
-    @argument("--vswitch-id", help="vSwitch id.")
-    @argument("--zone", help="Zone id.")
-    @argument("--tag", action="append", metavar="KEY=VALUE", help="Tag; repeatable.")
-    @argument("--user-data", metavar="FILE", help="User data file (#! script or #cloud-config).")
-    @argument("--ttl", metavar="DURATION", help="Release automatically after this long, e.g. 2h.")
-    @argument("--instance-id", action="append", metavar="ID", help="Reuse this instance; repeatable.")
-    @argument("--timeout", type=float, help="Seconds to wait for Running and SSH.")
-    @argument("--keep-on-failure", action="store_true", help="Keep what a failed start created.")
     @argument("--region", help="Region (default: EcsMagics.region_id).")
+    @_start_flags
     def ecs_start(self, line: str) -> InstanceList:
         """Start ECS instances and wait until SSH works; returns them as a fleet.
 
@@ -226,34 +199,10 @@ class EcsMagics(Magics):
         """
         args = _parse(self.ecs_start, line)
         with _as_usage_error():
-            user_data = None
-            if args.user_data:
-                try:
-                    user_data = Path(args.user_data).expanduser().read_text()
-                except OSError as error:
-                    raise ConfigError(
-                        f"cannot read the user data file {args.user_data}: {error.strerror}", hint="Check --user-data."
-                    ) from None
-            fleet = self._session(start_timeout=args.timeout, region_id=args.region)
+            spec = launch_spec(vars(args), {name: getattr(self, name) for name in START_TRAITS})
+            fleet = self._session(region_id=args.region)
             view = StartView(sandbox=self._sandboxed, live=has_widget_frontend())
-            instances = fleet.start(
-                image_id=args.image_id,
-                instance_type=args.instance_type or self.instance_type,
-                count=args.count,
-                name=args.name,
-                instance_ids=args.instance_id,
-                key_pair_name=args.key_pair_name or self.key_pair_name or None,
-                init_ssh_key=args.init_ssh_key,
-                need_public_ip=args.need_public_ip,
-                security_group=args.security_group,
-                vswitch=args.vswitch_id,
-                zone=args.zone,
-                tags=_pairs(args.tag, "--tag"),
-                user_data=user_data,
-                ttl=_duration(args.ttl),
-                keep_on_failure=args.keep_on_failure,
-                watch=view.update,
-            )
+            instances = fleet.start(spec, watch=view.update)
             view.finish()
         return InstanceList(instances)
 
@@ -270,29 +219,34 @@ class EcsMagics(Magics):
     def ecs_exec(self, line: str, cell: str) -> None:
         """Run the cell as a bash script on each instance, streaming its output live."""
         args = _parse(self.ecs_exec, line)
-        env = _pairs(args.env, "--env")
-        script = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items()) + cell
         with _as_usage_error():
+            env = parse_pairs("--env", args.env)
             fleet = self._session()
             instances = self._resolve(fleet, args.target)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             log_path = Path(self.log_dir).expanduser() / f"exec-{stamp}-{instances[0].instance_id}.log"
+            live = has_widget_frontend()
             view = ExecView([i.instance_id for i in instances], max_lines=self.output_lines, log_path=log_path,
-                            sandbox=self._sandboxed, live=has_widget_frontend())  # fmt: skip
+                            sandbox=self._sandboxed, live=live)  # fmt: skip
+            log = LogSink(log_path)
+            # Without widgets the output is printed as it comes; the view keeps the saved record.
+            sink = TeeSink(log, view) if live else TeeSink(log, view, ConsoleSink(headers=len(instances) > 1))
             cancel = threading.Event()
-            result: FleetResult | None = None
+            result: FleetResult[ExecResult] | None = None
             try:
-                result = fleet.exec(instances, script, user=args.user or self.default_user, sink=view,
+                result = fleet.exec(instances, cell, user=args.user or self.default_user, sink=sink,
                                     timeout=args.timeout, check=False, key_pair_name=self.key_pair_name or None,
-                                    public=args.public, cancel=cancel, pty=args.pty)  # fmt: skip
+                                    public=args.public, cancel=cancel, pty=args.pty, env=env)  # fmt: skip
             except KeyboardInterrupt:
                 view.finish(None, interrupted=True)
                 raise
+            finally:
+                log.close()
             view.finish(result)
             if args.out:
                 self.shell.user_ns[args.out] = result
             if result.failed and not args.allow_fail:
-                raise FleetError(_exec_failure(result), result=result, hint=_failure_hint(result))
+                raise FleetError(result.summary("the script", inline=True), result=result, hint=result.first_hint)
 
     @line_magic
     @magic_arguments()
@@ -325,30 +279,13 @@ class EcsMagics(Magics):
                 instances = self._resolve(fleet, [remote_source["target"]])
                 view = CopyView([i.instance_id for i in instances], description=f"{args.source} -> {args.target}",
                                 sandbox=self._sandboxed, live=has_widget_frontend())  # fmt: skip
-                result = self._download(fleet, instances, remote_source["path"], args.target, user, key,
-                                        args.public, view)  # fmt: skip
+                result = fleet.copy_from(instances, remote_source["path"] or ".", args.target, user=user,
+                                         key_pair_name=key, public=args.public, progress=view.progress,
+                                         check=False)  # fmt: skip
             view.finish(dict(result))
             if result.failed:
-                reasons = "; ".join(_naming(i, e) for i, e in result.failed.items())
-                raise FleetError(f"the copy failed on {reasons}", result=result, hint=_failure_hint(result))
-
-    def _download(self, fleet: Fleet, instances: list[Instance], source: str, target: str, user: str,
-                  key: str | None, public: bool, view: CopyView) -> FleetResult:  # fmt: skip
-        outcomes: dict[str, object] = {}
-        for instance in instances:
-            destination = target
-            if len(instances) > 1:
-                # From several instances: one sub-directory per instance.
-                folder = Path(target).expanduser() / instance.instance_id
-                folder.mkdir(parents=True, exist_ok=True)
-                destination = str(folder)
-            try:
-                outcomes[instance.instance_id] = fleet.copy_from(instance, source or ".", destination, user=user,
-                                                                 key_pair_name=key, public=public,
-                                                                 progress=view.progress)  # fmt: skip
-            except PymlsqlError as error:
-                outcomes[instance.instance_id] = error
-        return FleetResult(outcomes)
+                reasons = "; ".join(naming(i, e) for i, e in result.failed.items())
+                raise FleetError(f"the copy failed on {reasons}", result=result, hint=result.first_hint)
 
     @line_magic
     @magic_arguments()
@@ -401,22 +338,3 @@ class EcsMagics(Magics):
                 else:
                     status = sandbox_control.call(info, "status")
                     print(f"sandbox at {status['endpoint']}: {len(status['instances'])} instance(s)")
-
-
-def _exec_failure(result: FleetResult) -> str:
-    parts = []
-    for instance_id, outcome in result.failed.items():
-        status = getattr(outcome, "exit_status", None)
-        parts.append(f"{instance_id} exit {status}" if status is not None else _naming(instance_id, outcome))
-    return f"the script failed on {len(parts)} of {len(result)} instance(s): " + ", ".join(parts)
-
-
-def _naming(instance_id: str, error: object) -> str:
-    """The first line of an instance's error, led by its id unless the error already starts with it."""
-    line = str(error).splitlines()[0]
-    return line if line.startswith(instance_id) else f"{instance_id}: {line}"
-
-
-def _failure_hint(result: FleetResult) -> str | None:
-    """The hint of the first failure that has one: failures of one cell tend to share a cause."""
-    return next((o.hint for o in result.failed.values() if isinstance(o, PymlsqlError) and o.hint), None)

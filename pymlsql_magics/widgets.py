@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import html
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -96,8 +95,8 @@ class StartView(_TextRecord, widgets.VBox):
 class ExecView(_TextRecord, widgets.VBox):
     """Live output of %%ecs_exec: a panel per instance with its stdout and stderr and a badge.
 
-    The panels keep the last `max_lines` lines of each instance; the whole output goes to a log
-    file that the header names.
+    The panels keep the last `max_lines` lines of each instance; the header names the log file
+    that holds the whole output (written by a LogSink beside this view).
     """
 
     def __init__(self, instance_ids: list[str], *, max_lines: int, log_path: Path, sandbox: bool,
@@ -107,12 +106,9 @@ class ExecView(_TextRecord, widgets.VBox):
         self._live = live
         self._sandbox = sandbox
         self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by finish()
         self._lock = threading.Lock()
         self._tails: dict[str, collections.deque[tuple[str, str]]] = {i: collections.deque() for i in self._ids}
         self._lines: dict[str, int] = dict.fromkeys(self._ids, 0)
-        self._last_source: str | None = None
         self.header = widgets.HTML(self._header(f"running on {len(self._ids)} instance(s)…"))
         self.outputs = {i: widgets.Output() for i in self._ids}
         self.badges = {i: widgets.HTML("<b>running…</b>") for i in self._ids}
@@ -128,9 +124,6 @@ class ExecView(_TextRecord, widgets.VBox):
 
     def write(self, source: str, stream: StreamName, text: str) -> None:
         with self._lock:
-            for line in text.splitlines(keepends=True):
-                self._log.write(f"[{source}] {stream}: {line}" + ("" if line.endswith("\n") else "\n"))
-            self._log.flush()
             tail = self._tails[source]
             tail.append((stream, text))
             self._lines[source] += text.count("\n")
@@ -141,16 +134,8 @@ class ExecView(_TextRecord, widgets.VBox):
                 self.outputs[source].outputs = tuple(
                     {"output_type": "stream", "name": name, "text": chunk} for name, chunk in tail
                 )
-                return
-            # Text: label a source only when it changes, as ipyparallel does.
-            target = sys.stderr if stream == "stderr" else sys.stdout
-            if len(self._ids) > 1 and source != self._last_source:
-                target.write(f"[{source}]\n")
-            self._last_source = source
-            target.write(text)
-            target.flush()
 
-    def finish(self, result: FleetResult | None, *, interrupted: bool = False) -> None:
+    def finish(self, result: FleetResult[ExecResult] | None, *, interrupted: bool = False) -> None:
         with self._lock:
             for instance_id in self._ids:
                 outcome = result.get(instance_id) if result is not None else None
@@ -163,7 +148,6 @@ class ExecView(_TextRecord, widgets.VBox):
             failed = 0 if result is None else len(result.failed)
             summary = "interrupted" if interrupted else (f"{failed} failed" if failed else "all succeeded")
             self.header.value = self._header(f"{len(self._ids)} instance(s): {summary}")
-            self._log.close()
         if self._handle is not None:
             self._handle.update(self)
         elif not self._live:

@@ -351,12 +351,37 @@ def test_copy_to_local_of_a_missing_remote_path(env: dict[str, str], master: dic
     assert list(tmp_path.iterdir()) == []
 
 
-def test_copy_to_local_from_two_instances_is_refused(env: dict[str, str], master: dict[str, Any]) -> None:
-    first, _ = hinted_error(
-        pymlsql(env, "copy-to-local", "--instance-id", master["id"], master["id"], "--source", "x", "--target", "y"),
-        exit_code=2,
-    )
-    assert "one instance" in first
+def test_copy_to_local_from_two_instances_puts_each_copy_in_its_own_folder(
+    env: dict[str, str], master: dict[str, Any], tmp_path: Path
+) -> None:
+    started = pymlsql(env, "start", "--image-id", WEBUSER_IMAGE, "--key-pair-name", master["key"])
+    assert started.returncode == 0, started.stderr
+    (other,) = SEED_LINES.findall(started.stdout)
+    try:
+        ids = [master["id"], other[0]]
+        done = pymlsql(env, "copy-to-local", "--instance-id", *ids, "--source", "/etc/hostname",
+                       "--target", str(tmp_path))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        names = {instance_id: root_ssh({**master, "intern": ip}, "hostname").stdout
+                 for instance_id, ip in ((master["id"], master["intern"]), (other[0], other[2]))}  # fmt: skip
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(ids)
+        for instance_id in ids:
+            assert (tmp_path / instance_id / "hostname").read_text() == names[instance_id]
+        assert done.stderr.count("copied 1 file(s)") == 2
+    finally:
+        pymlsql(env, "stop", "--instance-id", other[0])
+
+
+def test_exec_shell_exports_env_values_quoted(env: dict[str, str], master: dict[str, Any], tmp_path: Path) -> None:
+    printing = script(tmp_path, 'printf "%s|%s\\n" "$GREETING" "${EMPTY-unset}"')
+    done = pymlsql(env, "exec-shell", "--instance-id", master["id"], "--env", "GREETING=it's a $HOME `x`",
+                   "--env", "EMPTY=", "--script-file", printing)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "it's a $HOME `x`|\n"
+    bad = pymlsql(env, "exec-shell", "--instance-id", master["id"], "--env", "1X=y",
+                  "--script-file", script(tmp_path, "true"))  # fmt: skip
+    first, hint = hinted_error(bad, exit_code=2)
+    assert "'1X' is not a valid environment variable name" in first and "letters" in hint
 
 
 # -- list and stop -------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def crew_start(sandbox: Sandbox, fleet: Fleet) -> Iterator[dict[str, Any]]:
         init_ssh_key=True,
         need_public_ip=True,
         security_group="sg-sandbox-default",
-        vswitch="vsw-sandbox-default",
+        vswitch_id="vsw-sandbox-default",
         zone="cn-hangzhou-i",
         tags={"team": "data"},
         user_data=USER_DATA,
@@ -534,6 +534,28 @@ def test_copy_from_to_a_new_name_renames_like_scp(fleet: Fleet, crew: list[Insta
     fleet.exec(crew[:1], "echo hello > hello.txt", user="webuser")
     fleet.copy_from(crew[0], "/home/webuser/hello.txt", str(tmp_path / "greeting.txt"), user="webuser")
     assert (tmp_path / "greeting.txt").read_text() == "hello\n"
+
+
+def test_copy_from_several_instances_puts_each_copy_in_a_folder_named_by_its_id(
+    fleet: Fleet, crew: list[Instance], tmp_path: Path
+) -> None:
+    result = fleet.copy_from(crew[:2], "/etc/hostname", str(tmp_path), user="webuser")
+    assert set(result.succeeded) == {crew[0].instance_id, crew[1].instance_id} and not result.failed
+    for instance in crew[:2]:
+        assert (tmp_path / instance.instance_id / "hostname").read_text() == f"{instance.hostname}\n"
+    with pytest.raises(FleetError) as caught:
+        fleet.copy_from(crew[:2], "no/such/file", str(tmp_path / "missing"), user="webuser")
+    assert "the copy failed on 2 of 2 instance(s)" in str(caught.value) and caught.value.hint
+    assert sorted(p.name for p in (tmp_path / "missing").iterdir()) == sorted(i.instance_id for i in crew[:2])
+    assert all(not any((tmp_path / "missing" / i.instance_id).iterdir()) for i in crew[:2])
+
+
+def test_exec_exports_env_to_the_script_quoted(fleet: Fleet, crew: list[Instance]) -> None:
+    result = fleet.exec(crew[:1], 'printf "%s\\n" "$A" "$B"', user="webuser", env={"A": "x y", "B": "'$(id)'"})
+    outcome = result[crew[0].instance_id]
+    assert isinstance(outcome, ExecResult) and outcome.stdout == "x y\n'$(id)'\n"
+    with pytest.raises(ConfigError, match="'A-B' is not a valid environment variable name"):
+        fleet.exec(crew[:1], "true", env={"A-B": "1"})
 
 
 def test_copy_from_gets_a_directory_with_modes(fleet: Fleet, crew: list[Instance], tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from pymlsql_magics.core import EcsConfig, ExecResult, FleetResult, InstanceList
+from pymlsql_magics.core import EcsConfig, ExecResult, FleetResult, InstanceList, LogSink, TeeSink
 from pymlsql_magics.magics import EcsMagics
 from pymlsql_magics.sandbox import _control
 from pymlsql_magics.widgets import ExecView
@@ -140,10 +140,13 @@ def test_list_and_stop(shell):
 
 def test_exec_view_keeps_the_last_lines_and_marks_streams_and_status(tmp_path):
     view = ExecView(["i-a", "i-b"], max_lines=3, log_path=tmp_path / "log.txt", sandbox=True, live=True)
+    log = LogSink(tmp_path / "log.txt")
+    sink = TeeSink(log, view)  # as %%ecs_exec tees them
     for n in range(5):
-        view.write("i-a", "stdout", f"line {n}\n")
-    view.write("i-a", "stderr", "oops\n")
-    view.write("i-b", "stdout", "only\n")
+        sink.write("i-a", "stdout", f"line {n}\n")
+    sink.write("i-a", "stderr", "oops\n")
+    sink.write("i-b", "stdout", "only\n")
+    log.close()
     outputs = view.outputs["i-a"].outputs
     assert [o["text"] for o in outputs] == ["line 3\n", "line 4\n", "oops\n"]
     assert [o["name"] for o in outputs] == ["stdout", "stdout", "stderr"]

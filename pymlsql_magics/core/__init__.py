@@ -1,6 +1,6 @@
 """The core of pymlsql_magics: ECS operations, SSH, keys and configuration. Never imports IPython."""
 
-from ._config import EcsConfig, parse_duration
+from ._config import CredentialsSource, EcsConfig, parse_duration
 from ._errors import (
     ConfigError,
     EcsApiError,
@@ -11,9 +11,11 @@ from ._errors import (
     SshError,
     WaitTimeoutError,
 )
+from ._face import Face
 from ._fleet import CREATED_BY, NAME_TAG, Fleet
-from ._output import ConsoleSink, NullSink, OutputSink, StreamDecoder, StreamName
-from ._results import CopyResult, ExecResult, FleetResult, Instance, InstanceList
+from ._launch import SETTINGS, LaunchSpec, Setting, launch_spec, parse_flag, parse_pairs, start_arguments
+from ._output import ConsoleSink, LogSink, NullSink, OutputSink, StreamDecoder, StreamName, TeeSink
+from ._results import CopyResult, ExecResult, FleetResult, Instance, InstanceList, naming
 from ._transfer import CopyError
 
 __all__ = [
@@ -21,11 +23,13 @@ __all__ = [
     "NAME_TAG",
     "ConfigError",
     "ConsoleSink",
+    "CredentialsSource",
     "CopyError",
     "CopyResult",
     "EcsApiError",
     "EcsConfig",
     "ExecResult",
+    "Face",
     "Fleet",
     "FleetError",
     "FleetResult",
@@ -33,12 +37,22 @@ __all__ = [
     "Instance",
     "InstanceList",
     "InstanceStateError",
+    "LaunchSpec",
+    "LogSink",
     "NullSink",
     "OutputSink",
     "PymlsqlError",
+    "SETTINGS",
+    "Setting",
     "SshError",
     "StreamDecoder",
     "StreamName",
+    "TeeSink",
     "WaitTimeoutError",
+    "launch_spec",
     "parse_duration",
+    "parse_flag",
+    "parse_pairs",
+    "naming",
+    "start_arguments",
 ]

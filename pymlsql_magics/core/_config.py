@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,28 @@ _CHAIN_VARIABLES = (
 _CHAIN_FILES = (".aliyun/config.json", ".alibabacloud/credentials.ini")
 
 
+class CredentialsSource(str, Enum):
+    """Where the credentials of a session come from."""
+
+    NONE = "none"
+    ARGUMENTS = "arguments"
+    ENVIRONMENT = "environment"
+    AK_AKS = "AK/AKS"
+    CHAIN = "credential chain"  # alibabacloud-credentials finds them (a profile, a role, an OIDC token)
+    SANDBOX = "local sandbox"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def _setting(default: Any, help: str) -> Any:
+    """A setting users may change: it is also a `%config EcsMagics` trait with this help."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class EcsConfig:
     """Settings of one session with ECS. Durations are float seconds.
@@ -30,24 +53,24 @@ class EcsConfig:
     Credentials never appear in the repr. Build it with `EcsConfig.from_env(**overrides)`.
     """
 
-    region_id: str = "cn-hangzhou"
+    region_id: str = _setting("cn-hangzhou", "Region of the instances.")
     endpoint: str | None = None  # None: Alibaba Cloud's endpoint for region_id
-    start_timeout: float = 600.0
-    ssh_connect_timeout: float = 15.0
+    start_timeout: float = _setting(600.0, "Seconds a start waits for Running and SSH.")
+    ssh_connect_timeout: float = _setting(15.0, "Seconds to connect over SSH.")
     # Silence on a connection for this long makes it check the server still answers (within half
     # as long again): a dead link fails the operation in at most 1.5 times this, never hangs it.
-    keepalive_interval: float = 10.0
-    max_parallel: int = 16
-    known_hosts: str = "~/.pymlsql/known_hosts"
-    key_dir: str = "~/.ssh"
-    api_attempts: int = 6
+    keepalive_interval: float = _setting(10.0, "Seconds of silence before checking a connection still answers.")
+    max_parallel: int = _setting(16, "Instances worked on at once.")
+    known_hosts: str = _setting("~/.pymlsql/known_hosts", "Where host keys are pinned.")
+    key_dir: str = _setting("~/.ssh", "Folder of private keys, one file per key pair.")
+    api_attempts: int = _setting(6, "Tries of a throttled or failing API call.")
     # Characters of each stream an ExecResult keeps per instance (the last ones): a script may
     # print gigabytes, which stream through but are not held in memory.
-    exec_output_limit: int = 1 << 20
+    exec_output_limit: int = _setting(1 << 20, "Characters of each stream kept in -o results (the last ones).")
     access_key_id: str | None = field(default=None, repr=False)
     access_key_secret: str | None = field(default=None, repr=False)
     security_token: str | None = field(default=None, repr=False)
-    credentials_source: str = "none"
+    credentials_source: CredentialsSource = CredentialsSource.NONE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EcsConfig:
@@ -67,20 +90,22 @@ class EcsConfig:
         if environ.get("PYMLSQL_ECS_ENDPOINT"):
             settings["endpoint"] = environ["PYMLSQL_ECS_ENDPOINT"]
         if "access_key_id" in given or "access_key_secret" in given:
-            settings["credentials_source"] = "arguments"
+            settings["credentials_source"] = CredentialsSource.ARGUMENTS
         elif environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID") and environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET"):
             settings.update(
                 access_key_id=environ["ALIBABA_CLOUD_ACCESS_KEY_ID"],
                 access_key_secret=environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"],
                 security_token=environ.get("ALIBABA_CLOUD_SECURITY_TOKEN") or None,
-                credentials_source="environment",
+                credentials_source=CredentialsSource.ENVIRONMENT,
             )
         elif environ.get("AK") and environ.get("AKS"):
             settings.update(
-                access_key_id=environ["AK"], access_key_secret=environ["AKS"], credentials_source="AK/AKS"
+                access_key_id=environ["AK"],
+                access_key_secret=environ["AKS"],
+                credentials_source=CredentialsSource.AK_AKS,
             )
         elif _chain_may_have_credentials(environ):
-            settings["credentials_source"] = "credential chain"
+            settings["credentials_source"] = CredentialsSource.CHAIN
         config = cls(**{**settings, **given})
         config.check()
         return config
@@ -103,7 +128,7 @@ class EcsConfig:
 
     @property
     def has_credentials(self) -> bool:
-        return self.credentials_source != "none"
+        return self.credentials_source is not CredentialsSource.NONE
 
     def with_changes(self, **changes: Any) -> EcsConfig:
         return replace(self, **{name: value for name, value in changes.items() if value is not None})

@@ -13,6 +13,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -22,12 +23,14 @@ from alibabacloud_ecs20140526.client import Client
 from alibabacloud_tea_openapi.models import Config
 from Tea.exceptions import TeaException
 
-from ._config import EcsConfig
+from ._config import CredentialsSource, EcsConfig
 from ._errors import ConfigError, EcsApiError, InstanceStateError
+from ._launch import LaunchSpec
 from ._results import Instance
 
 T = TypeVar("T")
 _BATCH = 100
+_PUBLIC_BANDWIDTH = 10  # Mbit/s out, when a start asks for public addresses
 # Nothing listens at the endpoint, or its name does not resolve: a second try covers an endpoint
 # that is restarting, more tries only delay the message.
 _UNREACHABLE = ("Connection refused", "Failed to resolve", "Name or service not known", "nodename nor servname")
@@ -76,18 +79,30 @@ class EcsClient:
 
     # -- instances -------------------------------------------------------------------------
 
-    def run_instances(self, **fields: Any) -> list[str]:
-        """RunInstances with `fields` named as the SDK's RunInstancesRequest names them."""
-        tags = fields.pop("tags", None) or {}
-        disk_size, disk_category = fields.pop("system_disk_size", None), fields.pop("system_disk_category", None)
-        if disk_size or disk_category:
-            fields["system_disk"] = ecs.RunInstancesRequestSystemDisk(
-                size=str(disk_size) if disk_size else None, category=disk_category
+    def run_instances(self, spec: LaunchSpec, *, amount: int, client_token: str, tags: Mapping[str, str]) -> list[str]:
+        """RunInstances of `amount` instances as `spec` describes them: the one mapping of a spec to ECS."""
+        disk = None
+        if spec.system_disk_size or spec.system_disk_category:
+            disk = ecs.RunInstancesRequestSystemDisk(
+                size=str(spec.system_disk_size) if spec.system_disk_size else None, category=spec.system_disk_category
             )
         request = ecs.RunInstancesRequest(
             region_id=self.region_id,
+            amount=amount,
+            client_token=client_token,
+            image_id=spec.image_id,
+            instance_type=spec.instance_type,
+            key_pair_name=spec.key_pair_name,
+            security_group_id=spec.security_group,
+            v_switch_id=spec.vswitch_id,
+            zone_id=spec.zone,
+            spot_strategy=spec.spot_strategy,
+            system_disk=disk,
+            internet_max_bandwidth_out=_PUBLIC_BANDWIDTH if spec.need_public_ip else 0,
+            instance_name=spec.name,
+            user_data=base64.b64encode(spec.user_data.encode()).decode() if spec.user_data else None,
+            auto_release_time=_auto_release(spec.ttl) if spec.ttl else None,
             tag=[ecs.RunInstancesRequestTag(key=key, value=value) for key, value in tags.items()] or None,
-            **{key: value for key, value in fields.items() if value is not None},
         )
         body = self._call("create instances", lambda: self._client.run_instances(request))
         return list(body.instance_id_sets.instance_id_set)
@@ -189,6 +204,11 @@ class EcsClient:
         return self._jitter() * min(20.0, 0.5 * 2 ** (attempt - 1))
 
 
+def _auto_release(ttl: float) -> str:
+    when = datetime.fromtimestamp(time.time() + ttl, timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _batches(ids: Sequence[str]) -> list[Sequence[str]]:
     return [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]
 
@@ -210,7 +230,7 @@ def _sdk_config(config: EcsConfig) -> Config:
             access_key_secret=config.access_key_secret,
             security_token=config.security_token,
         )
-    elif config.credentials_source == "credential chain":
+    elif config.credentials_source is CredentialsSource.CHAIN:
         options["credential"] = CredentialClient()
     else:
         raise ConfigError(

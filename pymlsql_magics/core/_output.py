@@ -6,6 +6,7 @@ import codecs
 import sys
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Literal, Protocol, TextIO
 
 StreamName = Literal["stdout", "stderr"]
@@ -23,11 +24,18 @@ class NullSink:
 
 
 class ConsoleSink:
-    """Writes each stream to the matching file, prefixed by the instance when there are many."""
+    """Writes each stream to the matching file, prefixed by the instance when there are many.
 
-    def __init__(self, *, label: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+    With `headers`, a `[source]` line announces the instance whenever it changes instead (as
+    ipyparallel prints), so output reads as it came.
+    """
+
+    def __init__(self, *, label: bool = False, headers: bool = False, stdout: TextIO | None = None,
+                 stderr: TextIO | None = None) -> None:  # fmt: skip
         self._files = {"stdout": stdout or sys.stdout, "stderr": stderr or sys.stderr}
         self._label = label
+        self._headers = headers
+        self._last_source: str | None = None
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], str] = {}
 
@@ -35,6 +43,9 @@ class ConsoleSink:
         target = self._files[stream]
         with self._lock:
             if not self._label:
+                if self._headers and source != self._last_source:
+                    target.write(f"[{source}]\n")
+                self._last_source = source
                 target.write(text)
                 target.flush()
                 return
@@ -100,3 +111,34 @@ class StreamDecoder:
     @property
     def truncated(self) -> bool:
         return self.dropped > 0 or self._kept > self._keep
+
+
+class LogSink:
+    """Appends every line to a log file as `[source] stream: line`: the whole output, however long."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._lock = threading.Lock()
+
+    def write(self, source: str, stream: StreamName, text: str) -> None:
+        with self._lock:
+            for line in text.splitlines(keepends=True):
+                self._file.write(f"[{source}] {stream}: {line}" + ("" if line.endswith("\n") else "\n"))
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class TeeSink:
+    """Hands every write to each of its sinks, in order."""
+
+    def __init__(self, *sinks: OutputSink) -> None:
+        self._sinks = sinks
+
+    def write(self, source: str, stream: StreamName, text: str) -> None:
+        for sink in self._sinks:
+            sink.write(source, stream, text)

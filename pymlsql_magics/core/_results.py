@@ -6,6 +6,9 @@ import html
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Generic, TypeVar
+
+from ._errors import PymlsqlError
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,16 @@ class CopyResult:
     duration: float
 
 
-class FleetResult(Mapping[str, object]):
-    """Each instance id mapped to its result, or to the exception that instance failed with."""
+Outcome = TypeVar("Outcome", ExecResult, CopyResult)
 
-    def __init__(self, outcomes: Mapping[str, object]) -> None:
+
+class FleetResult(Mapping[str, "Outcome | PymlsqlError"], Generic[Outcome]):
+    """Each instance id mapped to its result, or to the error that instance failed with."""
+
+    def __init__(self, outcomes: Mapping[str, Outcome | PymlsqlError]) -> None:
         self._outcomes = dict(outcomes)
 
-    def __getitem__(self, instance_id: str) -> object:
+    def __getitem__(self, instance_id: str) -> Outcome | PymlsqlError:
         return self._outcomes[instance_id]
 
     def __iter__(self) -> Iterator[str]:
@@ -90,17 +96,47 @@ class FleetResult(Mapping[str, object]):
         return f"FleetResult({len(self.succeeded)} succeeded, {len(self.failed)} failed)"
 
     @property
-    def succeeded(self) -> dict[str, object]:
-        return {
-            key: value
-            for key, value in self._outcomes.items()
-            if not isinstance(value, BaseException) and getattr(value, "ok", True)
-        }
+    def succeeded(self) -> dict[str, Outcome]:
+        return {key: value for key, value in self._outcomes.items() if not isinstance(value, PymlsqlError)
+                and (not isinstance(value, ExecResult) or value.ok)}  # fmt: skip
 
     @property
-    def failed(self) -> dict[str, object]:
+    def failed(self) -> dict[str, Outcome | PymlsqlError]:
         succeeded = self.succeeded  # once: it is a new dict at every access
         return {key: value for key, value in self._outcomes.items() if key not in succeeded}
+
+    @property
+    def errors(self) -> dict[str, PymlsqlError]:
+        """The instances that could not do it at all (as opposed to a script that exited non-zero)."""
+        return {key: value for key, value in self._outcomes.items() if isinstance(value, PymlsqlError)}
+
+    @property
+    def first_hint(self) -> str | None:
+        """The hint of the first failure that has one: failures of one operation tend to share a cause."""
+        return next((error.hint for error in self.errors.values() if error.hint), None)
+
+    def summary(self, what: str, *, inline: bool = False) -> str:
+        """`what failed on N of M instance(s):` and each failure; on one line with `inline`."""
+        failed = self.failed
+        head = f"{what} failed on {len(failed)} of {len(self)} instance(s):"
+        if inline:
+            return f"{head} " + ", ".join(
+                f"{key} exit {value.exit_status}" if isinstance(value, ExecResult) else naming(key, value)
+                for key, value in failed.items()
+            )
+        details = [
+            f"{key}: exit status {value.exit_status}" if isinstance(value, ExecResult) else naming(key, value)
+            for key, value in failed.items()
+        ]
+        if len(details) == 1:
+            return f"{head} {details[0]}"
+        return "\n".join([head, *(f"  {detail}" for detail in details)])
+
+
+def naming(instance_id: str, error: object) -> str:
+    """The first line of an instance's error, led by its id unless the error already starts with it."""
+    line = str(error).splitlines()[0]
+    return line if line.startswith(instance_id) else f"{instance_id}: {line}"
 
 
 class InstanceList(Sequence[Instance]):

@@ -1,0 +1,236 @@
+"""One start: reuse or create instances, wait until Running and SSH, release what it made on failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError, HostKeyMismatchError, InstanceStateError, PymlsqlError, SshError, WaitTimeoutError
+from ._keys import ensure_key_pair
+from ._launch import LaunchSpec, check_tags
+from ._results import Instance
+from ._ssh import host_keys_in_cloud_config
+
+if TYPE_CHECKING:
+    from ._fleet import Fleet
+
+CREATED_BY = "pymlsql:created-by"
+NAME_TAG = "pymlsql:name"
+TOOL = "pymlsql"
+_MAX_PER_CALL = 100
+Watch = Callable[[list[Instance], set[str]], None]
+
+
+def _no_watch(instances: list[Instance], ssh_ready: set[str]) -> None:
+    pass
+
+
+class Start:
+    """The state of one `Fleet.start` call: what it reuses, what it created, its deadline."""
+
+    def __init__(self, fleet: Fleet, spec: LaunchSpec, *, watch: Watch | None = None) -> None:
+        self.fleet = fleet
+        self.spec = spec
+        self.watch = watch or _no_watch
+        self.timeout = spec.start_timeout or fleet.config.start_timeout
+        self.created: list[str] = []
+        self.own_tags = {CREATED_BY: TOOL, **({NAME_TAG: spec.name} if spec.name else {})}
+
+    def run(self, *, wait_for_ssh: bool = True) -> list[Instance]:
+        spec, fleet = self.spec, self.fleet
+        check_tags(self.own_tags, spec.tags)
+        # Instances to reuse are checked before a key pair is made, so a bad id leaves nothing behind.
+        reused = self._reused()
+        key_path = None
+        if spec.key_pair_name:
+            key_path = ensure_key_pair(fleet.ecs, spec.key_pair_name, Path(fleet.config.key_dir).expanduser(),
+                                       create=spec.init_ssh_key)  # fmt: skip
+        try:
+            stopped = [instance.instance_id for instance in reused if instance.status == "Stopped"]
+            if stopped:
+                fleet.progress(f"starting {len(stopped)} stopped instance(s)")
+                fleet.ecs.start(stopped)
+            missing = 0 if spec.instance_ids else spec.count - len(reused)
+            if missing > 0:
+                if not spec.image_id:
+                    raise ConfigError("an image id is needed to create instances", hint="Pass --image-id.")
+                self._create(missing)
+            instances = self._wait_running([instance.instance_id for instance in reused] + self.created)
+            self.watch(instances, set())
+            if wait_for_ssh:
+                self._wait_ssh(instances, key_path)
+            return instances
+        except (PymlsqlError, KeyboardInterrupt) as error:
+            self._undo(error)
+            raise
+
+    def _reused(self) -> list[Instance]:
+        if self.spec.instance_ids:
+            reused = self.fleet.get(self.spec.instance_ids)
+            self._check_startable(reused)
+            return reused
+        if not self.spec.name:
+            return []
+        reused = [i for i in self.fleet.find(self.spec.name) if i.status != "Stopping"]
+        if reused:
+            self.fleet.progress(f"found {len(reused)} instance(s) named {self.spec.name}")
+        return reused
+
+    def _undo(self, error: BaseException) -> None:
+        """Releases what this start created, unless asked to keep it; the error says which it did."""
+        if not self.created:
+            return
+        if not self.spec.keep_on_failure:
+            self._release(error)
+        elif isinstance(error, PymlsqlError):
+            error.add_outcome(f"kept the instance(s) it created: {', '.join(self.created)}")
+
+    def _release(self, error: BaseException) -> None:
+        created, self.created = self.created, []
+        if not created:
+            return
+        self.fleet.progress(f"releasing the {len(created)} instance(s) this start created")
+        if self.fleet.release_quietly(created) and isinstance(error, PymlsqlError):
+            error.add_outcome(f"released the {len(created)} instance(s) this start created")
+
+    def _create(self, amount: int) -> None:
+        spec, ecs = self.spec, self.fleet.ecs
+        tags = {**self.own_tags, **spec.tags}
+        try:
+            while len(self.created) < amount:
+                batch = min(_MAX_PER_CALL, amount - len(self.created))
+                # One token per call: a retried RunInstances never creates twice.
+                token = uuid.uuid4().hex
+                self.fleet.progress(f"creating {batch} instance(s) from {spec.image_id}")
+                made, interrupted = _to_completion(
+                    lambda b=batch, t=token: ecs.run_instances(spec, amount=b, client_token=t, tags=tags)
+                )
+                self.created += made
+                if interrupted:
+                    raise KeyboardInterrupt
+        except (PymlsqlError, KeyboardInterrupt) as error:
+            # A create cut short is released even with keep_on_failure: nothing of it was ever usable.
+            self._release(error)
+            raise
+        # Host keys the cloud-config gives the instances are known now: pinned before any contact.
+        known = host_keys_in_cloud_config(spec.user_data)
+        for instance_id in self.created if known else []:
+            self.fleet.known_hosts.pin(instance_id, known)
+
+    def _wait_running(self, ids: list[str]) -> list[Instance]:
+        deadline = time.monotonic() + self.timeout
+        interval = 0.5
+        last = ""
+        while True:
+            instances = self.fleet.ecs.describe(ids)
+            counts: dict[str, int] = {}
+            for instance in instances:
+                counts[instance.status] = counts.get(instance.status, 0) + 1
+            summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            if summary != last:
+                self.fleet.progress(summary)
+                self.watch(instances, set())
+                last = summary
+            if len(instances) == len(ids) and all(i.status == "Running" for i in instances):
+                order = {instance_id: index for index, instance_id in enumerate(ids)}
+                return sorted(instances, key=lambda i: order[i.instance_id])
+            gone = set(ids) - {instance.instance_id for instance in instances}
+            if gone:
+                raise PymlsqlError(f"instance(s) {', '.join(sorted(gone))} disappeared while starting")
+            if time.monotonic() > deadline:
+                raise self._late(instances)
+            # Capped at 1 s: every poll is one call for all the instances, and SSH is tried as
+            # soon as they are seen Running.
+            time.sleep(interval)
+            interval = min(interval * 1.5, 1.0)
+
+    def _late(self, instances: list[Instance]) -> WaitTimeoutError:
+        late = [i for i in instances if i.status != "Running"]
+        named = ", ".join(f"{i.instance_id} (stuck in {i.status})" for i in late[:5])
+        more = f" and {len(late) - 5} more" if len(late) > 5 else ""
+        return WaitTimeoutError(
+            f"{named}{more}: not Running within {self.timeout:g} s",
+            hint="Raise the start timeout (--start-timeout), or check the instances in the ECS console.",
+        )
+
+    def _wait_ssh(self, instances: list[Instance], key_path: Path | None) -> None:
+        fleet, public = self.fleet, self.spec.need_public_ip
+        if key_path is None:
+            named = {instance.key_pair_name for instance in instances}
+            if len(named) != 1 or not next(iter(named)):
+                fleet.progress("no key pair: not waiting for SSH")
+                return
+            key_path = fleet.config.key_path(next(iter(named)))
+        fleet.private_key(key_path)  # a missing or unreadable key is no reason to wait: fail now
+        deadline = time.monotonic() + self.timeout
+        fleet.progress(f"waiting for SSH on {len(instances)} instance(s)")
+        ready_ids: set[str] = set()
+        ready_lock = threading.Lock()
+
+        def ready(instance: Instance) -> None:
+            while True:
+                try:
+                    connection = fleet.connection(instance, key_path, public=public, probing=True)
+                    status, _ = connection.command("true")
+                    if status == 0:
+                        with ready_lock:
+                            ready_ids.add(instance.instance_id)
+                            self.watch(instances, set(ready_ids))
+                        return
+                except HostKeyMismatchError:
+                    raise
+                except SshError as error:
+                    fleet.drop(instance, public)
+                    if time.monotonic() > deadline:
+                        raise WaitTimeoutError(
+                            f"SSH on {instance.instance_id} did not accept the key within "
+                            f"{self.timeout:g} s: {str(error).splitlines()[0]}",
+                            hint="Check the security group allows port 22, and the key pair.",
+                        ) from None
+                # A refused connect costs next to nothing, and the start returns as soon as the
+                # last instance answers.
+                time.sleep(0.1)
+
+        fleet.parallel(instances, ready, raise_first=True)
+
+    def _check_startable(self, instances: Sequence[Instance]) -> None:
+        """A Stopping instance can neither be started nor become Running: refuse it rather than wait."""
+        stopping = [instance.instance_id for instance in instances if instance.status == "Stopping"]
+        if stopping:
+            raise InstanceStateError(
+                f"{', '.join(stopping)} {'is' if len(stopping) == 1 else 'are'} Stopping, so cannot be started now",
+                code="IncorrectInstanceStatus",
+                hint=f"Wait until it is Stopped ({self.fleet.face.list} shows the status), then start it again.",
+            )
+
+
+def _to_completion(call: Callable[[], list[str]]) -> tuple[list[str], bool]:
+    """Runs a call that creates instances to its end even if Ctrl-C comes meanwhile, so their ids
+    are known and can be released; returns (its result, whether it was interrupted)."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed back to the caller
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    # An Event, not Thread.join: a join interrupted by Ctrl-C can report a live thread as ended.
+    threading.Thread(target=run, name="pymlsql-create", daemon=True).start()
+    interrupted = False
+    while not done.is_set():
+        try:
+            done.wait(0.1)
+        except KeyboardInterrupt:
+            interrupted = True
+    if "error" in outcome:
+        raise outcome["error"]
+    value: list[str] = outcome["value"]
+    return value, interrupted
