@@ -6,7 +6,6 @@ trait of the same name, with the same default and help.
 
 from __future__ import annotations
 
-import types
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -46,7 +45,11 @@ def _start_traits() -> dict[str, TraitType[Any, Any]]:
 START_TRAITS = tuple(_start_traits())
 CONFIG_TRAITS = tuple(_config_traits())
 
-# A base class of EcsMagics: traitlets reads a class's traits when the class is made.
-Settings: type[Configurable] = types.new_class(
-    "Settings", (Configurable,), exec_body=lambda namespace: namespace.update(_config_traits(), **_start_traits())
-)
+
+
+class Settings(Configurable):
+    """A base class of EcsMagics holding the traits made from the core's settings."""
+
+    # traitlets reads a class's traits when the class is made, so they go into its namespace here
+    # (a class body's locals() is that namespace).
+    locals().update(_config_traits(), **_start_traits())

@@ -50,13 +50,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--region", metavar="REGION", help="ECS region (default: ALIBABA_CLOUD_REGION_ID or cn-hangzhou)"
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
-    ssh = argparse.ArgumentParser(add_help=False)
+    ssh = _Parser(add_help=False)
     ssh.add_argument("--key-pair-name", metavar="NAME",
                      help="key pair whose private key is ~/.ssh/NAME (default: MLSQL_KEY_PARE_NAME, "
                           "else the instance's own key pair)")  # fmt: skip

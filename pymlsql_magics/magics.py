@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -83,6 +83,9 @@ class EcsMagics(Magics, Settings):
 
     Its `%config` traits are the core's settings (made in `_traits.py`) plus the three below.
     """
+
+    if TYPE_CHECKING:  # made from the core's table in _traits.py; read here to log in
+        key_pair_name: str | None
 
     default_user = Unicode("root", help="User that %%ecs_exec and %ecs_copy act as.").tag(config=True)
     output_lines = Int(200, help="Lines of output kept on screen per instance.").tag(config=True)
@@ -243,7 +246,7 @@ class EcsMagics(Magics, Settings):
             finally:
                 log.close()
             view.finish(result)
-            if args.out:
+            if args.out and self.shell is not None:
                 self.shell.user_ns[args.out] = result
             if result.failed and not args.allow_fail:
                 raise FleetError(result.summary("the script", inline=True), result=result, hint=result.first_hint)

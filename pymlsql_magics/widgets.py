@@ -34,8 +34,8 @@ def has_widget_frontend() -> bool:
 class _TextRecord:
     """A widget whose display also carries `text/plain`: the record that saved notebooks keep."""
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        bundle: dict[str, Any] | None = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
         if bundle is not None:
             bundle["text/plain"] = self.text()
         return bundle

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -130,7 +131,7 @@ class EcsClient:
                     max_results=100,
                     next_token=token,
                 )
-                body = self._call("describe instances", lambda r=request: self._client.describe_instances(r))
+                body = self._call("describe instances", partial(self._client.describe_instances, request))
                 found += [_instance(item) for item in body.instances.instance or []]
                 token = body.next_token
                 if not token:
@@ -140,17 +141,17 @@ class EcsClient:
     def start(self, instance_ids: Sequence[str]) -> None:
         for batch in _batches(instance_ids):
             request = ecs.StartInstancesRequest(region_id=self.region_id, instance_id=list(batch))
-            self._call("start instances", lambda r=request: self._client.start_instances(r))
+            self._call("start instances", partial(self._client.start_instances, request))
 
     def stop(self, instance_ids: Sequence[str]) -> None:
         for batch in _batches(instance_ids):
             request = ecs.StopInstancesRequest(region_id=self.region_id, instance_id=list(batch))
-            self._call("stop instances", lambda r=request: self._client.stop_instances(r))
+            self._call("stop instances", partial(self._client.stop_instances, request))
 
     def delete(self, instance_ids: Sequence[str], *, force: bool = True) -> None:
         for batch in _batches(instance_ids):
             request = ecs.DeleteInstancesRequest(region_id=self.region_id, instance_id=list(batch), force=force)
-            self._call("release instances", lambda r=request: self._client.delete_instances(r))
+            self._call("release instances", partial(self._client.delete_instances, request))
 
     def console_output(self, instance_id: str) -> str:
         request = ecs.GetInstanceConsoleOutputRequest(region_id=self.region_id, instance_id=instance_id)
@@ -201,7 +202,7 @@ class EcsClient:
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: a random wait up to an exponentially growing cap, so clients spread out.
-        return self._jitter() * min(20.0, 0.5 * 2 ** (attempt - 1))
+        return self._jitter() * min(20.0, 0.5 * 2.0 ** (attempt - 1))
 
 
 def _auto_release(ttl: float) -> str:

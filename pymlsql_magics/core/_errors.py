@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._results import FleetResult
@@ -73,6 +73,6 @@ class WaitTimeoutError(PymlsqlError):
 class FleetError(PymlsqlError):
     """Some instances failed; `.result` holds every instance's outcome."""
 
-    def __init__(self, message: str, *, result: FleetResult, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, result: FleetResult[Any], hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
-        self.result = result
+        self.result: FleetResult[Any] = result

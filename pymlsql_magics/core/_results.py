@@ -81,7 +81,7 @@ class FleetResult(Mapping[str, "Outcome | PymlsqlError"], Generic[Outcome]):
     """Each instance id mapped to its result, or to the error that instance failed with."""
 
     def __init__(self, outcomes: Mapping[str, Outcome | PymlsqlError]) -> None:
-        self._outcomes = dict(outcomes)
+        self._outcomes: dict[str, Outcome | PymlsqlError] = dict(outcomes)
 
     def __getitem__(self, instance_id: str) -> Outcome | PymlsqlError:
         return self._outcomes[instance_id]
@@ -124,7 +124,7 @@ class FleetResult(Mapping[str, "Outcome | PymlsqlError"], Generic[Outcome]):
                 f"{key} exit {value.exit_status}" if isinstance(value, ExecResult) else naming(key, value)
                 for key, value in failed.items()
             )
-        details = [
+        details: list[str] = [
             f"{key}: exit status {value.exit_status}" if isinstance(value, ExecResult) else naming(key, value)
             for key, value in failed.items()
         ]

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +108,7 @@ class Start:
                 token = uuid.uuid4().hex
                 self.fleet.progress(f"creating {batch} instance(s) from {spec.image_id}")
                 made, interrupted = _to_completion(
-                    lambda b=batch, t=token: ecs.run_instances(spec, amount=b, client_token=t, tags=tags)
+                    partial(ecs.run_instances, spec, amount=batch, client_token=token, tags=tags)
                 )
                 self.created += made
                 if interrupted:
