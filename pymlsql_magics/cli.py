@@ -39,7 +39,7 @@ from .sandbox._control import SandboxControlError
 from .sandbox._hosts import HostError
 from .sandbox._server import SandboxBusyError
 
-_FACE = Face(start="pymlsql start", list="pymlsql list", user_flag="--execute-user")
+_FACE = Face(list="pymlsql list", reuse="pymlsql start --instance-id {instance_id}", user_flag="--execute-user")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -47,7 +47,7 @@ from .sandbox import _control as sandbox_control
 from .sandbox import default_state_dir
 from .widgets import CopyView, ExecView, StartView, has_widget_frontend
 
-_FACE = Face(start="%ecs_start", list="%ecs_list", user_flag="--user")
+_FACE = Face(list="%ecs_list", reuse="%ecs_start --instance-id {instance_id}", user_flag="--user")
 _REMOTE = re.compile(r"^(?P<target>[A-Za-z_][\w.\-]*|i-[\w]+):(?P<path>.*)$")
 
 

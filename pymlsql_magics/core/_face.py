@@ -7,17 +7,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Face:
-    """The spelling of the commands a hint may name; flags are spelled alike on both faces."""
+    """The spelling of what hints name; start settings are spelled alike on every face (`--name`)."""
 
-    start: str = "Fleet.start"
-    list: str = "Fleet.find"
+    list: str = "Fleet.find()"
+    # How to start an existing instance again; {instance_id} is filled in.
+    reuse: str = "Fleet.start(instance_ids=['{instance_id}'])"
     user_flag: str = "user="
 
-    def reuse(self, instance_id: str) -> str:
-        """How to start an existing instance again."""
-        if self.start == "Fleet.start":
-            return f"Fleet.start(instance_ids=[{instance_id!r}])"
-        return f"{self.start} --instance-id {instance_id}"
+    def reuse_hint(self, instance_id: str) -> str:
+        return self.reuse.format(instance_id=instance_id)
 
 
 PYTHON = Face()

@@ -296,9 +296,9 @@ class Fleet:
             return
         instance_id, status = instance.instance_id, instance.status
         if status == "Stopped":
-            hint = f"Start it first: {self.face.reuse(instance_id)}."
+            hint = f"Start it first: {self.face.reuse_hint(instance_id)}."
         elif status == "Stopping":
-            hint = f"Wait until it is Stopped, then start it again: {self.face.reuse(instance_id)}."
+            hint = f"Wait until it is Stopped, then start it again: {self.face.reuse_hint(instance_id)}."
         else:
             hint = f"Wait until it is Running ({self.face.list} shows the status), then try again."
         raise InstanceStateError(f"{instance_id} is {status}, not Running", code="IncorrectInstanceStatus", hint=hint)
