@@ -50,19 +50,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--region", metavar="REGION", help="ECS region (default: ALIBABA_CLOUD_REGION_ID or cn-hangzhou)"
-    )
-    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-
-    ssh = _Parser(add_help=False)
-    ssh.add_argument("--key-pair-name", metavar="NAME",
-                     help="key pair whose private key is ~/.ssh/NAME (default: MLSQL_KEY_PARE_NAME, "
-                          "else the instance's own key pair)")  # fmt: skip
-    ssh.add_argument("--need-public-ip", type=parse_flag, nargs="?", const=True, default=False, metavar="true|false",
-                     help="connect through the public IP (default false: the private IP)")  # fmt: skip
-
     parser = _Parser(
         prog="pymlsql",
         description="Run Alibaba Cloud ECS instances from shell scripts: start, exec-shell, copy, stop.",
@@ -71,7 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common, ssh = _common_flags(), _ssh_flags()
+    _add_start(commands, common)
+    _add_stop(commands, common)
+    _add_exec_shell(commands, common, ssh)
+    _add_copies(commands, common, ssh)
+    listing = commands.add_parser("list", parents=[common], help="list the instances this tool created")
+    listing.add_argument("--name", help="only those of this name")
+    listing.add_argument("--output", choices=["text", "json"], default="text")
+    sandbox_cli.add_commands(commands)
+    return parser
 
+
+def _common_flags() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--region", metavar="REGION", help="ECS region (default: ALIBABA_CLOUD_REGION_ID or cn-hangzhou)"
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return common
+
+
+def _ssh_flags() -> _Parser:
+    ssh = _Parser(add_help=False)
+    ssh.add_argument("--key-pair-name", metavar="NAME",
+                     help="key pair whose private key is ~/.ssh/NAME (default: MLSQL_KEY_PARE_NAME, "
+                          "else the instance's own key pair)")  # fmt: skip
+    ssh.add_argument("--need-public-ip", type=parse_flag, nargs="?", const=True, default=False, metavar="true|false",
+                     help="connect through the public IP (default false: the private IP)")  # fmt: skip
+    return ssh
+
+
+def _add_start(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
     start = commands.add_parser("start", parents=[common], help="start instances and wait until SSH works",
                                 description="Create instances (or reuse them by id or name), wait until they "
                                 "are Running and SSH accepts the key, print their addresses.")  # fmt: skip
@@ -79,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         start.add_argument(*options, **keywords)
     start.add_argument("--output", choices=["text", "json"], default="text", help="output format (default text)")
 
+
+def _add_stop(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
     stop = commands.add_parser("stop", parents=[common], help="stop and release instances")
     stop.add_argument("--instance-id", action="append", default=[], metavar="ID", nargs="+",
                       help="instance(s) to release")  # fmt: skip
@@ -87,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--keep-disk", action="store_true", help="only stop them; keep their disks")
     stop.add_argument("--key-pair-name", help="accepted for compatibility; not needed to stop")
 
+
+def _add_exec_shell(commands: argparse._SubParsersAction[_Parser], common: _Parser, ssh: _Parser) -> None:
     exec_shell = commands.add_parser("exec-shell", parents=[common, ssh], help="run a script file on instances",
                                      description="Run a script with bash as the given user (like `su - USER`); "
                                      "its stdout goes to stdout as it runs, its stderr to stderr; exit with its "
@@ -99,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     exec_shell.add_argument("--env", action="append", metavar="KEY=VALUE",
                             help="environment variable exported to the script; repeatable")  # fmt: skip
 
+
+def _add_copies(commands: argparse._SubParsersAction[_Parser], common: _Parser, ssh: _Parser) -> None:
     for name, what in (("copy-from-local", "copy a local file or directory to instances"),
                        ("copy-to-local", "copy a file or directory of an instance here")):  # fmt: skip
         copy = commands.add_parser(name, parents=[common, ssh], help=what,
@@ -111,13 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="owner of copied files; relative remote paths start at their home")  # fmt: skip
         copy.add_argument("--source", required=True, help="what to copy")
         copy.add_argument("--target", required=True, help="where to put it")
-
-    listing = commands.add_parser("list", parents=[common], help="list the instances this tool created")
-    listing.add_argument("--name", help="only those of this name")
-    listing.add_argument("--output", choices=["text", "json"], default="text")
-
-    sandbox_cli.add_commands(commands)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
