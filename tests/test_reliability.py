@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from jupyter_client.manager import start_new_kernel
 
-from pymlsql_magics.core import EcsConfig, ExecResult, Fleet, FleetError, HostKeyMismatchError, Instance
+from pymlsql_magics.core import EcsConfig, ExecResult, Fleet, FleetError, HostKeyMismatchError, Instance, LaunchSpec
 from pymlsql_magics.sandbox import Sandbox
 
 from .conftest import FAST
@@ -295,8 +295,8 @@ def test_an_interrupted_start_releases_what_it_created_and_stop_all_finds_the_re
 
     # A start interrupted too early to know its instances: they carry the tool's tag all the same.
     orphans = fleet_for(cleared, Path(env["HOME"])).ecs.run_instances(
-        amount=1, client_token=unique("token"), image_id=DEBIAN, instance_type="ecs.g7.large",
-        instance_name=name, tags={"pymlsql:created-by": "pymlsql"},
+        LaunchSpec(image_id=DEBIAN, instance_type="ecs.g7.large", name=name), amount=1,
+        client_token=unique("token"), tags={"pymlsql:created-by": "pymlsql"},
     )  # fmt: skip
     cleared.fault({"clear": True})
     done = pymlsql(env, "stop", "--all")
