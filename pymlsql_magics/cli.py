@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, sandbox
 from ._embedded import with_sandbox_fallback
 from .core import (
     ConfigError,
@@ -28,10 +28,7 @@ from .core import (
     PymlsqlError,
     parse_duration,
 )
-from .sandbox import _cli as sandbox_cli
-from .sandbox._control import SandboxControlError
-from .sandbox._hosts import HostError
-from .sandbox._server import SandboxBusyError
+from .sandbox import SandboxError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--name", help="only those of this name")
     listing.add_argument("--output", choices=["text", "json"], default="text")
 
-    sandbox_cli.add_commands(commands)
+    sandbox.add_commands(commands)
     return parser
 
 
@@ -159,12 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         if args.command == "sandbox":
-            return sandbox_cli.run(args)
+            return sandbox.run(args)
         return _run(args)
     except KeyboardInterrupt:
         print("pymlsql: interrupted", file=sys.stderr)
         return 130
-    except (PymlsqlError, SandboxControlError, SandboxBusyError, HostError) as error:
+    except (PymlsqlError, SandboxError) as error:
         if debug:
             raise
         print(f"pymlsql: error: {error}", file=sys.stderr)
