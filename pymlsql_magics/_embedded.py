@@ -6,9 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .core import ConfigError, CredentialsSource, EcsConfig
-from .sandbox import default_state_dir
-from .sandbox._control import SandboxControlError
-from .sandbox._control import start as start_sandbox
+from .sandbox import SandboxError, SandboxInfo, default_state_dir, ensure_running
 
 
 def with_sandbox_fallback(config: EcsConfig, say: Callable[[str], None]) -> EcsConfig:
@@ -17,8 +15,8 @@ def with_sandbox_fallback(config: EcsConfig, say: Callable[[str], None]) -> EcsC
         return config
     state_dir = default_state_dir()
     try:
-        info, started = start_sandbox(state_dir)
-    except (OSError, SandboxControlError) as error:
+        info, started = ensure_running(state_dir)
+    except (OSError, SandboxError) as error:
         raise ConfigError(
             f"no Alibaba Cloud credentials found, and the local sandbox cannot start in {state_dir}: "
             + _reason(error, state_dir),
@@ -27,14 +25,19 @@ def with_sandbox_fallback(config: EcsConfig, say: Callable[[str], None]) -> EcsC
         ) from None
     say(
         "NO ALIBABA CLOUD CREDENTIALS FOUND: using the local ECS sandbox at "
-        f"{info['endpoint']} ({'started it' if started else 'already running'}, state dir {state_dir}). "
+        f"{info.endpoint} ({'started it' if started else 'already running'}, state dir {state_dir}). "
         "Set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET to use Alibaba Cloud."
     )
+    return in_sandbox(config, info)
+
+
+def in_sandbox(config: EcsConfig, info: SandboxInfo) -> EcsConfig:
+    """`config` pointed at the running sandbox `info` describes, with its credentials."""
     return config.with_changes(
-        endpoint=info["endpoint"],
-        region_id=info["region_id"],
-        access_key_id=info["access_key_id"],
-        access_key_secret=info["access_key_secret"],
+        endpoint=info.endpoint,
+        region_id=info.region_id,
+        access_key_id=info.access_key_id,
+        access_key_secret=info.access_key_secret,
         credentials_source=CredentialsSource.SANDBOX,
     )
 

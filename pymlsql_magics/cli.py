@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, sandbox
 from ._embedded import with_sandbox_fallback
 from .core import (
     ConfigError,
@@ -34,10 +34,7 @@ from .core import (
     parse_pairs,
     start_arguments,
 )
-from .sandbox import _cli as sandbox_cli
-from .sandbox._control import SandboxControlError
-from .sandbox._hosts import HostError
-from .sandbox._server import SandboxBusyError
+from .sandbox import SandboxError
 
 _FACE = Face(list="pymlsql list", reuse="pymlsql start --instance-id {instance_id}", user_flag="--execute-user")
 
@@ -66,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", parents=[common], help="list the instances this tool created")
     listing.add_argument("--name", help="only those of this name")
     listing.add_argument("--output", choices=["text", "json"], default="text")
-    sandbox_cli.add_commands(commands)
+    sandbox.add_commands(commands)
     return parser
 
 
@@ -143,12 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         if args.command == "sandbox":
-            return sandbox_cli.run(args)
+            return sandbox.run(args)
         return _run(args)
     except KeyboardInterrupt:
         print("pymlsql: interrupted", file=sys.stderr)
         return 130
-    except (PymlsqlError, SandboxControlError, SandboxBusyError, HostError) as error:
+    except (PymlsqlError, SandboxError) as error:
         if debug:
             raise
         print(f"pymlsql: error: {error}", file=sys.stderr)

@@ -21,7 +21,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Int, Unicode
 
-from ._embedded import with_sandbox_fallback
+from . import sandbox
+from ._embedded import in_sandbox, with_sandbox_fallback
 from ._traits import CONFIG_TRAITS, START_TRAITS, Settings
 from .core import (
     ConfigError,
@@ -43,8 +44,7 @@ from .core import (
     parse_pairs,
     start_arguments,
 )
-from .sandbox import _control as sandbox_control
-from .sandbox import default_state_dir
+from .sandbox import SandboxError, default_state_dir
 from .widgets import CopyView, ExecView, StartView, has_widget_frontend
 
 _FACE = Face(list="%ecs_list", reuse="%ecs_start --instance-id {instance_id}", user_flag="--user")
@@ -57,7 +57,7 @@ def _as_usage_error() -> Iterator[None]:
         yield
     except FleetError as error:
         raise UsageError(str(error)) from None
-    except (PymlsqlError, sandbox_control.SandboxControlError) as error:
+    except (PymlsqlError, SandboxError) as error:
         raise UsageError(str(error)) from None
 
 
@@ -118,13 +118,10 @@ class EcsMagics(Magics, Settings):
         try:
             config = self._settings(api_attempts=1)
             if not config.has_credentials:
-                info = sandbox_control.read_server(default_state_dir())
+                info = sandbox.read_info(default_state_dir())
                 if info is None:
                     return
-                config = config.with_changes(endpoint=info["endpoint"], region_id=info["region_id"],
-                                             access_key_id=info["access_key_id"],
-                                             access_key_secret=info["access_key_secret"],
-                                             credentials_source=CredentialsSource.SANDBOX)  # fmt: skip
+                config = in_sandbox(config, info)
             with Fleet(config) as fleet:
                 left = fleet.find()
         except PymlsqlError as error:
@@ -326,18 +323,18 @@ class EcsMagics(Magics, Settings):
         state_dir = default_state_dir()
         with _as_usage_error():
             if args.command == "start":
-                info, started = sandbox_control.start(state_dir)
-                print(f"sandbox {'started' if started else 'already running'} at {info['endpoint']}")
+                info, started = sandbox.ensure_running(state_dir)
+                print(f"sandbox {'started' if started else 'already running'} at {info.endpoint}")
             elif args.command == "stop":
                 if self._fleet is not None:
                     self._fleet.close()
                     self._fleet = self._fleet_config = None
-                stopped = sandbox_control.stop(state_dir)
+                stopped = sandbox.stop(state_dir)
                 print("sandbox stopped" if stopped else "no sandbox was running")
             else:
-                info = sandbox_control.read_server(state_dir)
-                if info is None:
+                running = sandbox.read_info(state_dir)
+                if running is None:
                     print("no sandbox is running")
                 else:
-                    status = sandbox_control.call(info, "status")
+                    status = sandbox.status(running)
                     print(f"sandbox at {status['endpoint']}: {len(status['instances'])} instance(s)")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pymlsql_magics.sandbox import Sandbox
-from pymlsql_magics.sandbox._control import stop as stop_sandbox
+from pymlsql_magics.sandbox import stop as stop_sandbox
 
 from .conftest import FAST
 from .helpers import describe, environment, error_lines, hinted_error, new_client, pymlsql, requests_since, ssh, unique

@@ -19,7 +19,7 @@ from pymlsql_magics._embedded import with_sandbox_fallback
 from pymlsql_magics.core import ConfigError, EcsApiError, EcsConfig, Fleet
 from pymlsql_magics.core._ecs import EcsClient
 from pymlsql_magics.sandbox import Sandbox
-from pymlsql_magics.sandbox._control import stop as stop_sandbox
+from pymlsql_magics.sandbox import stop as stop_sandbox
 
 SECRET = "S3cr3t-never-shown"
 TOKEN = "STS-token-never-shown"

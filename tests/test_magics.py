@@ -11,7 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from pymlsql_magics.core import EcsConfig, ExecResult, FleetResult, InstanceList, LogSink, TeeSink
 from pymlsql_magics.magics import EcsMagics
-from pymlsql_magics.sandbox import _control
+from pymlsql_magics.sandbox import read_info
 from pymlsql_magics.widgets import ExecView
 
 from .helpers import magics_shell, unique
@@ -178,7 +178,7 @@ def test_without_credentials_the_magics_use_the_sandbox_and_say_so(monkeypatch, 
     finally:
         ipython.run_line_magic("ecs_sandbox", "stop")
         magics._fleet = magics._fleet_config = None
-    assert _control.read_server(Path(tmp_path / "fallback")) is None
+    assert read_info(Path(tmp_path / "fallback")) is None
 
 
 def test_pty_runs_the_script_on_a_terminal_and_leaves_no_script_behind(shell):

@@ -23,8 +23,7 @@ from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
 from pymlsql_magics.core import EcsApiError, EcsConfig, Fleet
-from pymlsql_magics.sandbox import Sandbox
-from pymlsql_magics.sandbox import _control as sandbox_control
+from pymlsql_magics.sandbox import Sandbox, SandboxInfo, ensure_running, stop
 
 from .conftest import _USER_SETTINGS
 from .helpers import creates_nothing, environment, hinted_error, magics_shell, new_client, pymlsql, unique
@@ -39,17 +38,18 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fallback(home: Path) -> Iterator[dict[str, Any]]:
+def fallback(home: Path) -> Iterator[SandboxInfo]:
     """The sandbox both faces fall back to without credentials, started ahead with quick timings."""
     state_dir = home / ".pymlsql" / "sandbox"
-    info, started = sandbox_control.start(state_dir, serve_args=QUICK)
+    info, started = ensure_running(state_dir, serve_args=QUICK)
     assert started
-    yield {**info, "state_dir": state_dir}
-    sandbox_control.stop(state_dir)
+    assert info.state_dir == state_dir
+    yield info
+    stop(state_dir)
 
 
 @pytest.fixture(scope="module")
-def commands(fallback: dict[str, Any], home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def commands(fallback: SandboxInfo, home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A session of `pymlsql` as a script runs it, every command with --debug, and two that fail."""
     env = environment(None, home)
     work = tmp_path_factory.mktemp("secrets-work")
@@ -71,14 +71,14 @@ def commands(fallback: dict[str, Any], home: Path, tmp_path_factory: pytest.Temp
         assert done.returncode == 0, done.stderr
         ran.append(done)
     # What the instance holds on its disk (its /root, /home, /tmp, /etc changes, console) while it lives.
-    disk = {path: path.read_bytes().decode(errors="replace") for path in files(fallback["state_dir"] / "instances")}
+    disk = {path: path.read_bytes().decode(errors="replace") for path in files(fallback.state_dir / "instances")}
     stopped = pymlsql(env, "stop", "--instance-id", instance_id, "--debug")
     assert stopped.returncode == 0, stopped.stderr
     ran.append(stopped)
     unknown = pymlsql(env, "exec-shell", "--instance-id", "i-nosuchinstance", "--script-file", "x", "--debug")
     # The right secret with a key id the endpoint does not know: ECS refuses, the secret was sent.
     wrong_id = pymlsql({**env, "ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAInosuchkeyid", "PYMLSQL_ECS_ENDPOINT":
-                        fallback["endpoint"], "ALIBABA_CLOUD_ACCESS_KEY_SECRET": fallback["access_key_secret"]},
+                        fallback.endpoint, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": fallback.access_key_secret},
                        "list", "--debug")  # fmt: skip
     for failed in (unknown, wrong_id):
         assert failed.returncode != 0 and "Traceback (most recent call last)" in failed.stderr, failed.stderr
@@ -103,7 +103,7 @@ NOTEBOOK = [
 
 
 @pytest.fixture(scope="module")
-def notebook(fallback: dict[str, Any], home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def notebook(fallback: SandboxInfo, home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A notebook of every magic, two cells failing on purpose, run in a real kernel and saved."""
     folder = tmp_path_factory.mktemp("secrets-notebook")
     key = unique("notebook-key")
@@ -143,44 +143,44 @@ def leaks(text: str, secret: str, keys: list[Path]) -> list[str]:
 
 
 def test_the_command_never_shows_the_secret_or_a_private_key_even_with_debug(
-    fallback: dict[str, Any], commands: dict[str, Any]
+    fallback: SandboxInfo, commands: dict[str, Any]
 ) -> None:
     for done in commands["ran"]:
-        assert leaks(done.stdout + done.stderr, fallback["access_key_secret"], [commands["key"]]) == [], done.args
+        assert leaks(done.stdout + done.stderr, fallback.access_key_secret, [commands["key"]]) == [], done.args
     assert "ran as root" in commands["ran"][1].stdout and "HOME=/root" in commands["ran"][1].stdout
 
 
 def test_an_instance_disk_holds_no_secret_and_no_private_key(
-    fallback: dict[str, Any], commands: dict[str, Any]
+    fallback: SandboxInfo, commands: dict[str, Any]
 ) -> None:
     disk: dict[Path, str] = commands["disk"]
     assert any(path.name == "script.sh" for path in disk), sorted(disk)
     for path, text in disk.items():
-        assert leaks(text, fallback["access_key_secret"], [commands["key"]]) == [], path
+        assert leaks(text, fallback.access_key_secret, [commands["key"]]) == [], path
 
 
 def test_a_saved_notebook_holds_no_secret_and_no_private_key(
-    fallback: dict[str, Any], notebook: dict[str, Any], commands: dict[str, Any]
+    fallback: SandboxInfo, notebook: dict[str, Any], commands: dict[str, Any]
 ) -> None:
     text = notebook["saved"].read_text()
     outputs = json.dumps([cell.get("outputs", []) for cell in notebook["book"].cells])
     assert "hello from webuser" in outputs and "UsageError" in outputs and "InvalidImageId.NotFound" in outputs
     assert "EcsConfig(region_id=" in outputs and "Fleet(region_id=" in outputs and "EcsApiError(" in outputs
-    assert leaks(text, fallback["access_key_secret"], [notebook["key"], commands["key"]]) == []
+    assert leaks(text, fallback.access_key_secret, [notebook["key"], commands["key"]]) == []
 
 
 def test_no_file_the_tools_write_holds_the_secret_or_a_private_key(
-    fallback: dict[str, Any], home: Path, notebook: dict[str, Any], commands: dict[str, Any]
+    fallback: SandboxInfo, home: Path, notebook: dict[str, Any], commands: dict[str, Any]
 ) -> None:
-    credentials = fallback["state_dir"] / "credentials.json"
+    credentials = fallback.state_dir / "credentials.json"
     keys = [notebook["key"], commands["key"]]
-    assert fallback["access_key_secret"] in credentials.read_text()
+    assert fallback.access_key_secret in credentials.read_text()
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
     assert list((home / ".pymlsql" / "logs").glob("exec-*.log")) and (home / ".pymlsql" / "known_hosts").is_file()
     scanned = [path for path in files(home) if path != credentials]
     for path in scanned:
         text = path.read_bytes().decode(errors="replace")
-        assert leaks(text, fallback["access_key_secret"], [key for key in keys if key != path]) == [], path
+        assert leaks(text, fallback.access_key_secret, [key for key in keys if key != path]) == [], path
     names = {path.name for path in scanned}
     assert {"known_hosts", "server.log", "server.json", *(key.name for key in keys)} <= names, names
     assert any(name.startswith("exec-") for name in names), names

@@ -8,17 +8,22 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from . import _control
-from ._hosts import HostError, find_sshd, full_fidelity
+from . import _background
+from ._errors import SandboxControlError, SandboxError
+from ._faults import STUCK_STATUSES, FaultOrder
+from ._hosts import find_sshd, full_fidelity
 from ._model import Timings
-from ._server import Sandbox, SandboxBusyError
+from ._sandbox import DEFAULT_REGION, Sandbox
+from ._state import SandboxInfo, state_dir_or_default
 
 _DEFAULTS = Timings()
+_NO_FAULT = FaultOrder()
+Parser = TypeVar("Parser", bound=argparse.ArgumentParser)
 
 
-def add_commands(subparsers: Any) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[Parser]) -> None:
     """Adds the `sandbox` command and its subcommands to a parent argparse parser."""
     sandbox = subparsers.add_parser(
         "sandbox",
@@ -57,15 +62,16 @@ def add_commands(subparsers: Any) -> None:
     )
     _state_dir_flag(fault)
     fault.add_argument("--action", help="ECS action whose next calls fail (e.g. RunInstances, or * for any)")
-    fault.add_argument("--code", default="ServiceUnavailable", help="error code to answer (default %(default)s)")
-    fault.add_argument("--status", type=int, default=503, help="HTTP status to answer (default %(default)s)")
-    fault.add_argument("--count", type=int, default=1, help="how many calls fail (default %(default)s)")
+    fault.add_argument("--code", default=_NO_FAULT.code, help="error code to answer (default %(default)s)")
+    fault.add_argument("--status", type=int, default=_NO_FAULT.status,
+                       help="HTTP status to answer (default %(default)s)")  # fmt: skip
+    fault.add_argument("--count", type=int, default=_NO_FAULT.count, help="how many calls fail (default %(default)s)")
     fault.add_argument("--message", help="error message to answer")
     fault.add_argument("--lose-response", action="store_true",
                        help="with --action: carry the calls out but drop their answers")  # fmt: skip
     fault.add_argument("--ssh-delay", type=float, metavar="SECONDS",
                        help="SSH of instances started from now on comes up this much later")  # fmt: skip
-    fault.add_argument("--stuck", metavar="STATUS", choices=["Pending", "Starting", "Stopping", ""],
+    fault.add_argument("--stuck", metavar="STATUS", choices=[*STUCK_STATUSES, ""],
                        help="new instances never leave this status ('' to undo)")  # fmt: skip
     fault.add_argument("--kill-ssh", metavar="INSTANCE_ID",
                        help="kill its sshd and every session; it comes back after the boot delay")  # fmt: skip
@@ -89,7 +95,7 @@ def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="HTTP port (default: a free one)")
-    parser.add_argument("--region", default="cn-hangzhou", help="region to report (default %(default)s)")
+    parser.add_argument("--region", default=DEFAULT_REGION, help="region to report (default %(default)s)")
     for name, default, meaning in (
         ("pending", _DEFAULTS.pending, "an instance stays Pending"),
         ("starting", _DEFAULTS.starting, "an instance stays Starting"),
@@ -107,7 +113,11 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    state_dir = _control.state_dir_or_default(args.state_dir)
+    """Carries out `pymlsql sandbox COMMAND` as `add_commands` parsed it; returns the exit status.
+
+    Raises SandboxError when the command cannot be carried out.
+    """
+    state_dir = state_dir_or_default(args.state_dir)
     command = args.sandbox_command
     if command in ("start", "serve"):
         find_sshd()
@@ -118,31 +128,29 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if command == "start":
-        info, started = _control.start(state_dir, port=args.port, serve_args=_serve_args(args))
-        sys.stdout.write(_control.exports(info))
+        info, started = _background.ensure_running(state_dir, port=args.port, serve_args=_serve_args(args))
+        sys.stdout.write(info.exports())
         verb = "started" if started else "already running"
-        print(f"pymlsql sandbox: {verb} at {info['endpoint']} (state dir {state_dir})", file=sys.stderr)
+        print(f"pymlsql sandbox: {verb} at {info.endpoint} (state dir {state_dir})", file=sys.stderr)
         return 0
     if command == "serve":
         return _serve(args, state_dir)
     if command == "stop":
-        stopped = _control.stop(state_dir)
+        stopped = _background.stop(state_dir)
         print(f"pymlsql sandbox: {'stopped' if stopped else 'not running'} ({state_dir})", file=sys.stderr)
         return 0
-    info = _control.read_server(state_dir)
-    if info is None:
+    running = _background.read_info(state_dir)
+    if running is None:
         if command == "status":
             print(f"pymlsql sandbox: not running ({state_dir})")
             return 3
-        raise _control.SandboxControlError(
-            f"no sandbox runs for {state_dir}.\nHint: start one with `pymlsql sandbox start`."
-        )
+        raise SandboxControlError(f"no sandbox runs for {state_dir}.", hint="start one with `pymlsql sandbox start`.")
     if command == "status":
-        return _print_status(_control.call(info, "status"), args.json)
+        return _print_status(_background.status(running), args.json)
     if command == "fault":
-        return _fault(info, args)
+        return _fault(running, args)
     if command == "log":
-        return _print_log(_control.call(info, "log"), args.json)
+        return _print_log(_background.log(running), args.json)
     raise AssertionError(command)
 
 
@@ -158,10 +166,10 @@ def _serve_args(args: argparse.Namespace) -> list[str]:
 
 
 def _serve(args: argparse.Namespace, state_dir: Path) -> int:
-    if _control.read_server(state_dir) is not None:
-        raise _control.SandboxControlError(
-            f"a sandbox already runs for {state_dir}.\n"
-            "Hint: stop it with `pymlsql sandbox stop`, or pass another --state-dir."
+    if _background.read_info(state_dir) is not None:
+        raise SandboxControlError(
+            f"a sandbox already runs for {state_dir}.",
+            hint="stop it with `pymlsql sandbox stop`, or pass another --state-dir.",
         )
     timings = Timings(
         pending=args.pending_delay,
@@ -177,41 +185,32 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, close)
     signal.signal(signal.SIGINT, close)
-    info = _control.read_server(state_dir)
-    assert info is not None
-    sys.stdout.write(_control.exports(info))
+    sys.stdout.write(sandbox.info.exports())
     sys.stdout.flush()
     print(f"pymlsql sandbox: serving at {sandbox.endpoint}; Ctrl-C to stop", file=sys.stderr)
     sandbox.wait()
     return 0
 
 
-def _fault(info: dict[str, Any], args: argparse.Namespace) -> int:
-    order: dict[str, Any] = {}
-    if args.clear:
-        order["clear"] = True
-    if args.action:
-        order.update(action=args.action, code=args.code, status=args.status, count=args.count,
-                     lose_response=args.lose_response)  # fmt: skip
-        if args.message:
-            order["message"] = args.message
-    if args.ssh_delay is not None:
-        order["ssh_delay"] = args.ssh_delay
-    if args.stuck is not None:
-        order["stuck"] = args.stuck
-    if args.kill_ssh:
-        order["kill_ssh"] = args.kill_ssh
-    if args.rotate_host_key:
-        order["rotate_host_key"] = args.rotate_host_key
-    if args.freeze:
-        order["freeze"] = args.freeze
-    if args.thaw:
-        order["thaw"] = args.thaw
-    if not order:
-        raise _control.SandboxControlError(
-            "no fault given.\nHint: see `pymlsql sandbox fault --help` for the options."
-        )
-    _control.call(info, "fault", order)
+def _fault(info: SandboxInfo, args: argparse.Namespace) -> int:
+    order = FaultOrder(
+        clear=args.clear,
+        action=args.action or None,
+        code=args.code,
+        status=args.status,
+        count=args.count,
+        message=args.message or None,
+        lose_response=args.lose_response,
+        ssh_delay=args.ssh_delay,
+        stuck=args.stuck,
+        kill_ssh=args.kill_ssh or None,
+        rotate_host_key=args.rotate_host_key or None,
+        freeze=args.freeze or None,
+        thaw=args.thaw or None,
+    )
+    if order.empty:
+        raise SandboxControlError("no fault given.", hint="see `pymlsql sandbox fault --help` for the options.")
+    _background.fault(info, order)
     return 0
 
 
@@ -250,6 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["sandbox", *(sys.argv[1:] if argv is None else argv)])
     try:
         return run(args)
-    except (_control.SandboxControlError, SandboxBusyError, HostError) as error:
+    except SandboxError as error:
         print(f"pymlsql: error: {error}", file=sys.stderr)
         return 1

@@ -16,12 +16,10 @@ from typing import Any
 
 import yaml
 
+from ._errors import UserDataError
+
 _HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 _SUPPORTED = {"ssh_keys", "ssh_authorized_keys", "users", "write_files", "runcmd", "ssh_deletekeys"}
-
-
-class UserDataError(ValueError):
-    """User data that cloud-init could not run."""
 
 
 @dataclass
@@ -70,7 +68,7 @@ def plan(user_data: bytes | None, staging: Path, *, inside: Path | None = None) 
 def _plan_config(config: dict[str, Any], staging: Path, boot: FirstBoot) -> None:
     for key in sorted(set(config) - _SUPPORTED):
         boot.init.append(f"echo {shlex.quote(f'cloud-init: {key} is not supported here; ignored')}")
-    later = []
+    later: list[str] = []
     for index, entry in enumerate(config.get("write_files") or []):
         steps = _write_file(entry, staging / f"file-{index}")
         (later if entry.get("defer") else boot.init).extend(steps)

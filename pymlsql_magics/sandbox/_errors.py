@@ -1,76 +1,45 @@
-"""ECS error codes with the HTTP status and message Alibaba Cloud answers them with."""
+"""The sandbox's one exception hierarchy: what it raises on purpose to the code that runs it.
+
+    SandboxError              str() = what happened + "Hint: what to do"
+    ├── SandboxControlError   a background sandbox could not be started, reached or told something
+    ├── SandboxBusyError      another sandbox already runs for the state dir
+    ├── HostError             an instance's machine could not be booted or reached
+    └── UserDataError         user data that cloud-init could not run
+
+The ECS API's own errors (`_api_errors.ApiError`) are not here: they never leave the HTTP
+server, which answers them to the client as Alibaba Cloud would.
+"""
 
 from __future__ import annotations
 
-_KNOWN: dict[str, tuple[int, str]] = {
-    "SignatureDoesNotMatch": (400, "Specified signature does not match our calculation."),
-    "IncompleteSignature": (400, "The request signature does not conform to Aliyun standards."),
-    "InvalidAccessKeyId.NotFound": (404, "Specified access key is not found."),
-    "InvalidTimeStamp.Expired": (400, "Specified time stamp or date value is expired."),
-    "InvalidTimeStamp.Format": (400, "Specified time stamp or date value is not well formatted."),
-    "SignatureNonceUsed": (400, "The request signature nonce has been used."),
-    "InvalidAction.NotFound": (404, "Specified api is not found, please check your url and method."),
-    "MissingParameter": (
-        400,
-        "The input parameter that is mandatory for processing this request is not supplied.",
-    ),
-    "InvalidParameter": (400, "The specified parameter is not valid."),
-    "InvalidRegionId.NotFound": (404, "The specified RegionId does not exist."),
-    "InvalidZoneId.NotFound": (404, "The specified ZoneId does not exist."),
-    "InvalidInstanceId.NotFound": (404, "The specified InstanceId does not exist."),
-    "IncorrectInstanceStatus": (403, "The current status of the resource does not support this operation."),
-    "InvalidImageId.NotFound": (404, "The specified ImageId does not exist."),
-    "InvalidInstanceType.ValueNotSupported": (
-        400,
-        "The specified InstanceType does not exist or beyond the permitted range.",
-    ),
-    "InvalidSecurityGroupId.NotFound": (404, "The specified SecurityGroupId does not exist."),
-    "InvalidVSwitchId.NotFound": (404, "The specified VSwitchId does not exist."),
-    "InvalidKeyPairName.NotFound": (404, "The specified KeyPairName does not exist."),
-    "KeyPair.AlreadyExist": (400, "The key pair already exist."),
-    "InvalidPublicKeyBody.Malformed": (400, "The specified public key body is malformed."),
-    "InvalidKeyPairName.Malformed": (400, "The specified KeyPairName is not valid."),
-    "InvalidUserData.Base64FormatInvalid": (400, "The specified UserData is not valid Base64."),
-    "InvalidUserData.SizeExceeded": (400, "The specified UserData exceeds the size limit of 32 KB."),
-    "IdempotentParameterMismatch": (
-        400,
-        "The request uses the same client token as a previous, but non-identical request.",
-    ),
-    "InvalidAutoReleaseTime.Malformed": (400, "The specified AutoReleaseTime is not valid."),
-    "AllocatedAlready": (403, "The instance already has a public IP address."),
-    "AllocateIpInvalidInstanceBandwidth": (400, "The instance has no outbound internet bandwidth."),
-    "InvalidSecurityGroupName.Malformed": (400, "The specified SecurityGroupName is not valid."),
-    "InvalidTagKey.Malformed": (400, "The specified tag key is not valid."),
-    "InvalidInvokeId.NotFound": (404, "The specified InvokeId does not exist."),
-    "InvalidCommandType.NotSupported": (400, "The specified command type is not supported."),
-    "InstanceNotRunning": (403, "The Cloud Assistant agent on the instance is not running."),
-    "Throttling": (400, "Request was denied due to user flow control."),
-    "Throttling.User": (400, "Request was denied due to user flow control."),
-    "InternalError": (500, "The request processing has failed due to some unknown error."),
-    "ServiceUnavailable": (503, "The request has failed due to a temporary failure of the server."),
-}
+
+class SandboxError(Exception):
+    """Base for every error the sandbox raises on purpose; the faces catch this one type."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        return f"{message}\nHint: {self.hint}" if self.hint else message
 
 
-class ApiError(Exception):
-    """An ECS API error answered to the client as Alibaba Cloud would answer it."""
-
-    def __init__(self, code: str, *, message: str | None = None, status: int | None = None) -> None:
-        known_status, known_message = _KNOWN.get(code, (400, code))
-        self.code = code
-        self.message = message or known_message
-        self.status = status or known_status
-        super().__init__(f"{code}: {self.message}")
+# The second bases are the built-in ones these errors had before they shared a root, so an
+# `except RuntimeError` / `except ValueError` written against them still catches them.
 
 
-def missing(name: str) -> ApiError:
-    return ApiError(
-        "MissingParameter",
-        message=(
-            f'The input parameter "{name}" that is mandatory for processing this request '
-            "is not supplied."
-        ),
-    )
+class SandboxControlError(SandboxError, RuntimeError):
+    """A sandbox command could not be carried out; the message says what to do."""
 
 
-def invalid(name: str, why: str = "is not valid") -> ApiError:
-    return ApiError("InvalidParameter", message=f'The specified parameter "{name}" {why}.')
+class SandboxBusyError(SandboxError, RuntimeError):
+    """Another sandbox already runs for this state dir."""
+
+
+class HostError(SandboxError, RuntimeError):
+    """The machine of an instance could not be booted or reached."""
+
+
+class UserDataError(SandboxError, ValueError):
+    """User data that cloud-init could not run."""

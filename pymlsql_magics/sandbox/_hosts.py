@@ -23,18 +23,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import _cloudinit, _hostkeys
+from ._errors import HostError
 
 SSHD = "/usr/sbin/sshd"
 INSIDE_DISK = "/run/pymlsql-disk"
 _DISK_MARKER = "PYMLSQL_SANDBOX_DISK"
-
-
-class HostError(RuntimeError):
-    """The machine of an instance could not be booted."""
 
 
 def full_fidelity() -> bool:
@@ -45,8 +42,8 @@ def find_sshd() -> str:
     path = shutil.which("sshd") or (SSHD if os.path.exists(SSHD) else None)
     if not path:
         raise HostError(
-            "OpenSSH's sshd is not installed; the sandbox's instances are real sshd servers.\n"
-            "Hint: install it with `apt-get install -y openssh-server`."
+            "OpenSSH's sshd is not installed; the sandbox's instances are real sshd servers.",
+            hint="install it with `apt-get install -y openssh-server`.",
         )
     return path
 
@@ -62,7 +59,6 @@ class BootSpec:
     user_data: bytes | None = None
     boot_delay: float = 1.0
     new_host_keys: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._catalog import IMAGES
+from ._faults import Fault
 from ._hosts import BootSpec, Hosts
 
 ANY_REGION = "*"  # the default security group serves every region
@@ -110,16 +111,6 @@ class Invocation:
     creation_time: float = field(default_factory=time.time)
     # instance id -> {"status", "exit_code", "output", "start", "finish", "error_code", "error_info"}
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass
-class Fault:
-    code: str
-    status: int
-    count: int
-    message: str | None = None
-    # Carry the call out, then drop the connection without an answer (a response lost on the way).
-    lose_response: bool = False
 
 
 def new_id(prefix: str, length: int = 20) -> str:

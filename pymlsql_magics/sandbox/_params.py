@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from typing import TypeVar
 
-from ._errors import ApiError, invalid, missing
+from ._api_errors import ApiError, invalid, missing
+
+T = TypeVar("T")
+Paging = dict[str, int | str]  # the paging fields of an answer: TotalCount, NextToken, ...
 
 
 class Params:
@@ -113,7 +117,7 @@ class Params:
         return tags
 
 
-def page(items: list, params: Params, *, default_size: int = 10, max_size: int = 100) -> tuple[list, dict]:
+def page(items: list[T], params: Params, *, default_size: int = 10, max_size: int = 100) -> tuple[list[T], Paging]:
     """Slices `items` by PageNumber / PageSize and returns the paging fields of the answer."""
     number = params.integer("PageNumber", 1, low=1)
     size = params.integer("PageSize", default_size, low=1, high=max_size)
@@ -126,7 +130,9 @@ def page(items: list, params: Params, *, default_size: int = 10, max_size: int =
     }
 
 
-def token_page(items: list, params: Params, *, default_size: int = 10, max_size: int = 100) -> tuple[list, dict]:
+def token_page(
+    items: list[T], params: Params, *, default_size: int = 10, max_size: int = 100
+) -> tuple[list[T], Paging]:
     """Slices `items` by NextToken / MaxResults, as the newer ECS paging does."""
     raw_max = params.integer("MaxResults")
     size = default_size if raw_max is None or raw_max < default_size else min(raw_max, max_size)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from urllib.parse import quote
 
-from ._errors import ApiError, missing
+from ._api_errors import ApiError, missing
 
 ALGORITHM = "ACS3-HMAC-SHA256"
 _CLOCK_SKEW = 15 * 60
