@@ -3,6 +3,7 @@
 from ._config import EcsConfig, parse_duration
 from ._errors import (
     ConfigError,
+    CopyError,
     EcsApiError,
     FleetError,
     HostKeyMismatchError,
@@ -14,7 +15,6 @@ from ._errors import (
 from ._fleet import CREATED_BY, NAME_TAG, Fleet
 from ._output import ConsoleSink, NullSink, OutputSink, StreamDecoder, StreamName
 from ._results import CopyResult, ExecResult, FleetResult, Instance, InstanceList
-from ._transfer import CopyError
 
 __all__ = [
     "CREATED_BY",

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from ._errors import PymlsqlError, SshError
+from ._errors import CopyError, PymlsqlError, SshError
 from ._results import CopyResult
 from ._ssh import NO_USER_HINT
 from ._streams import RemoteStream, open_stream
@@ -80,10 +80,6 @@ _HINTS = {
     4: "Remove it first, or copy into a new target.",
     5: "Pick a target folder the user can write, such as its home.",
 }
-
-
-class CopyError(PymlsqlError):
-    """A copy could not be done; nothing partial was left at the target."""
 
 
 def _noop(done: int, total: int) -> None:
