@@ -23,17 +23,13 @@ from ._errors import (
     SshError,
     WaitTimeoutError,
 )
+from ._host_key_sources import console_fingerprints, host_keys_in_cloud_config
 from ._keys import ensure_key_pair
+from ._known_hosts import KnownHosts
 from ._output import NullSink, OutputSink
 from ._results import CopyResult, ExecResult, FleetResult, Instance
-from ._ssh import (
-    KnownHosts,
-    PrivateKey,
-    SshConnection,
-    console_fingerprints,
-    host_keys_in_cloud_config,
-    load_private_key,
-)
+from ._ssh import SshConnection
+from ._ssh_keys import PrivateKey, load_private_key
 from ._transfer import download, upload
 
 CREATED_BY = "pymlsql:created-by"

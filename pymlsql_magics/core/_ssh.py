@@ -1,35 +1,28 @@
-"""SSH to instances through paramiko: the only module that imports it.
+"""SSH to instances through paramiko: one connection per instance, its commands and streams.
 
-Host keys are pinned per instance id in the tool's own known_hosts file on first contact and
-checked on every later one. A script comes on the channel's stdin; the login user's shell reads it
-from there, another user's runs from a private temporary file removed however the script ends.
+Host keys are checked against the pins in the tool's own known_hosts file (see _known_hosts). A
+script comes on the channel's stdin; the login user's shell reads it from there, another user's
+runs from a private temporary file removed however the script ends.
 Its process groups are killed on timeout or interrupt.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
-import os
-import re
 import shlex
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import BinaryIO, TypeVar, cast
 
 import paramiko
-import yaml
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from paramiko.common import MSG_CHANNEL_REQUEST
 
-from ._errors import HostKeyMismatchError, PymlsqlError, SshError, WaitTimeoutError
+from ._errors import PymlsqlError, SshError, WaitTimeoutError
+from ._known_hosts import ExpectedKeys, KnownHosts
 from ._output import OutputSink, StreamDecoder
 from ._results import Instance
 
@@ -104,239 +97,6 @@ fi
 """
 # The process groups to signal for the announced process $pid: its own and each child's.
 _GROUPS = "-$pid $(pgrep -P $pid | sed s/^/-/)"
-
-
-PrivateKey = paramiko.PKey
-
-
-def load_private_key(path: Path) -> paramiko.PKey:
-    """Reads an unencrypted private key: OpenSSH, PEM or PKCS#8 (as ECS's CreateKeyPair returns)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SshError(
-            f"the private key {path} does not exist",
-            hint="Pass --key-pair-name for a key in ~/.ssh, or create one with --init-ssh-key true.",
-        ) from None
-    except PermissionError:
-        raise SshError(f"cannot read the private key {path}", hint="Check its owner and mode (600).") from None
-    try:
-        return paramiko.PKey.from_path(str(path))
-    except (paramiko.SSHException, ValueError):
-        pass
-    try:
-        return private_key_from_bytes(data)
-    except ValueError:
-        raise SshError(
-            f"{path} is not an unencrypted private key",
-            hint="Use the key file ECS created for the key pair, without a passphrase.",
-        ) from None
-
-
-def private_key_from_bytes(data: bytes) -> paramiko.PKey:
-    """An unencrypted private key in OpenSSH, PEM or PKCS#8 form; raises ValueError otherwise."""
-    try:
-        key: Any = serialization.load_ssh_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            raise ValueError("not an unencrypted private key") from None
-    if isinstance(key, rsa.RSAPrivateKey):
-        return paramiko.RSAKey(key=key)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return paramiko.ECDSAKey(vals=(key, key.public_key()))
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        text = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-        return paramiko.Ed25519Key(file_obj=io.StringIO(text.decode()))
-    raise ValueError(f"unsupported key type {type(key).__name__}")
-
-
-def public_key_line(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} {key.get_base64()}"
-
-
-# What cloud-init prints on the serial console at first boot, and ECS's GetInstanceConsoleOutput returns.
-_CONSOLE_FINGERPRINTS = re.compile(
-    r"-----BEGIN SSH HOST KEY FINGERPRINTS-----(.*?)-----END SSH HOST KEY FINGERPRINTS-----", re.S
-)
-_CONSOLE_KEYS = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)
-_FINGERPRINT = re.compile(r"\bSHA256:[A-Za-z0-9+/]{43}\b")
-
-ExpectedKeys = Callable[[], "set[str] | None"]
-
-
-def console_fingerprints(console: str) -> set[str] | None:
-    """The SHA256 fingerprints of the host keys the console shows, or None if it shows none.
-
-    The last block counts: a re-created instance prints its new keys after the old ones.
-    """
-    found: set[str] | None = None
-    for block in _CONSOLE_FINGERPRINTS.findall(console)[-1:]:
-        found = set(_FINGERPRINT.findall(block))
-    for block in _CONSOLE_KEYS.findall(console)[-1:]:
-        for line in block.strip().splitlines():
-            try:
-                found = (found or set()) | {_public_key(line).fingerprint}
-            except (paramiko.SSHException, ValueError, IndexError):
-                continue
-    return found or None
-
-
-def host_keys_in_cloud_config(user_data: str | None) -> list[str]:
-    """Public host key lines a `#cloud-config` sets through ssh_keys (derived from private keys if need be)."""
-    if not user_data or not user_data.lstrip().startswith("#cloud-config"):
-        return []
-    try:
-        config = yaml.safe_load(user_data)
-    except yaml.YAMLError:
-        return []
-    keys = config.get("ssh_keys") if isinstance(config, dict) else None
-    if not isinstance(keys, dict):
-        return []
-    lines = []
-    for name, value in keys.items():
-        if not isinstance(value, str):
-            continue
-        if name.endswith("_public"):
-            lines.append(value.strip())
-        elif name.endswith("_private") and f"{name[: -len('_private')]}_public" not in keys:
-            try:
-                lines.append(public_key_line(private_key_from_bytes(value.encode())))
-            except (paramiko.SSHException, ValueError):
-                continue
-    return lines
-
-
-def _public_key(line: str) -> paramiko.PKey:
-    kind, blob = line.split()[:2]
-    return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
-
-
-class KnownHosts:
-    """The tool's own known_hosts file: host keys pinned per instance id.
-
-    A new instance's key is checked against the fingerprints its console shows when it shows
-    some, so first contact is not blind trust; keys known in advance (cloud-config ssh_keys) are
-    pinned before any connection.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._keys: paramiko.HostKeys | None = None
-        self._read_as: tuple[int, int, int] | None = None  # the file's inode, mtime and size then
-
-    def check(self, instance: Instance, address: str, offered: paramiko.PKey,
-              expected: ExpectedKeys | None = None) -> None:  # fmt: skip
-        """Pins `offered` for a new instance; raises HostKeyMismatchError if it differs from the pin,
-        or, on first contact, if it is not among the fingerprints `expected()` gives."""
-        with self._lock:
-            pinned = self._load().lookup(instance.instance_id)
-        if pinned is not None and offered.get_name() in pinned:
-            if pinned[offered.get_name()] != offered:
-                self._refuse(instance, address, pinned[offered.get_name()], offered)
-            return
-        if pinned:
-            # Pinned with another key type: only the pinned types are offered, so this is a server
-            # that holds none of them.
-            self._refuse(instance, address, next(iter(pinned.values())), offered)
-        shown = expected() if expected is not None else None
-        if shown is not None and offered.fingerprint not in shown:
-            raise HostKeyMismatchError(
-                f"the SSH host key {offered.fingerprint} offered by {instance.instance_id} ({address}) is not "
-                "one its console output shows; refusing to connect",
-                host=address,
-                hint="Someone may be impersonating the instance. Compare the keys in the ECS console "
-                "(GetInstanceConsoleOutput) with the instance before trusting it.",
-            )
-        self.pin(instance.instance_id, [public_key_line(offered)])
-
-    def pin(self, instance_id: str, public_lines: list[str]) -> None:
-        """Pins keys known without connecting, such as those a cloud-config gave the instance."""
-        parsed = [_public_key(line) for line in public_lines]  # a bad line changes nothing
-        with self._lock:
-            keys = self._load()
-            new = instance_id not in keys and self._read_as is not None
-            for key in parsed:
-                keys.add(instance_id, key.get_name(), key)
-            if new:
-                # A first pin is a line at the end: rewriting the whole file for each of a hundred
-                # instances being started costs more than their handshakes.
-                self._append(keys, [f"{instance_id} {key.get_name()} {key.get_base64()}\n"
-                                    for key in keys.lookup(instance_id).values()])  # fmt: skip
-            else:
-                self._save(keys)
-
-    def pinned_types(self, instance_id: str) -> list[str]:
-        with self._lock:
-            pinned = self._load().lookup(instance_id)
-        return list(pinned.keys()) if pinned else []
-
-    def forget(self, instance_ids: list[str]) -> None:
-        with self._lock:
-            keys = self._load()
-            for instance_id in instance_ids:
-                if instance_id in keys:
-                    del keys[instance_id]
-            self._save(keys)
-
-    def _refuse(self, instance: Instance, address: str, pinned: paramiko.PKey, offered: paramiko.PKey) -> None:
-        raise HostKeyMismatchError(
-            f"the SSH host key of {instance.instance_id} ({address}) changed: pinned "
-            f"{pinned.fingerprint}, offered {offered.fingerprint}; refusing to connect",
-            host=address,
-            hint=(
-                "If the instance was re-created or its host keys were replaced on purpose, remove the "
-                f"line for {instance.instance_id} from {self.path}; otherwise someone may be impersonating it."
-            ),
-        )
-
-    def _load(self) -> paramiko.HostKeys:
-        """The pinned keys, parsed again only when the file changed (another process may pin too):
-        a start of a hundred instances reads them three times per instance."""
-        now = self._signature()
-        if self._keys is None or now != self._read_as:
-            keys = paramiko.HostKeys()
-            if now is not None:
-                keys.load(str(self.path))
-            self._keys, self._read_as = keys, now
-        return self._keys
-
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            status = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return status.st_ino, status.st_mtime_ns, status.st_size
-
-    def _append(self, keys: paramiko.HostKeys, lines: list[str]) -> None:
-        before, self._keys = self._read_as, None  # changed in memory: read again unless the file holds it
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)  # never created here: _save makes it 0600
-        except FileNotFoundError:
-            self._save(keys)
-            return
-        with os.fdopen(fd, "r+b") as file:
-            # A line removed by hand may have taken the last newline with it.
-            ends_a_line = file.seek(0, os.SEEK_END) == 0 or os.pread(fd, 1, file.tell() - 1) == b"\n"
-            text = ("" if ends_a_line else "\n") + "".join(lines)
-            file.write(text.encode("ascii"))
-        after = self._signature()
-        if before is not None and after is not None and after[0] == before[0] and after[2] == before[2] + len(text):
-            self._keys, self._read_as = keys, after  # nobody else wrote meanwhile
-
-    def _save(self, keys: paramiko.HostKeys) -> None:
-        self._keys = None  # changed in memory: read again unless the file now holds the change
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".known_hosts.")
-        os.close(fd)
-        keys.save(temporary)
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, self.path)
-        self._keys, self._read_as = keys, self._signature()
 
 
 # The instance's numbers, not this machine's (they differ on macOS; Windows lacks most).
