@@ -14,7 +14,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
@@ -25,6 +25,7 @@ from ._errors import PymlsqlError, SshError, WaitTimeoutError
 from ._known_hosts import ExpectedKeys, KnownHosts
 from ._output import OutputSink, StreamDecoder
 from ._results import Instance
+from ._ssh_errors import FAILURES, UNREACHABLE_HINT, os_reason, refused_key, session_errors, ssh_errors
 
 _PID_MARK = b"pymlsql:pid="
 T = TypeVar("T")
@@ -154,10 +155,8 @@ class SshConnection:
     def _connect(self, key: paramiko.PKey, known_hosts: KnownHosts, timeout: float,
                  tcp_timeout: float, expected: ExpectedKeys | None) -> paramiko.Transport:  # fmt: skip
         where = f"{self.instance.instance_id} ({self.address}:{self.instance.ssh_port})"
-        try:
+        with ssh_errors(f"cannot reach SSH on {where}", host=self.address, reason=os_reason):
             sock = socket.create_connection((self.address, self.instance.ssh_port), timeout=tcp_timeout)
-        except OSError as error:
-            raise SshError(f"cannot reach SSH on {where}: {error.strerror or error}", host=self.address) from None
         # Without it, each small request (open a channel, send a script) waits out Nagle's
         # algorithm against the server's delayed ACK: about 40 ms per round trip.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -169,28 +168,15 @@ class SshConnection:
         pinned = known_hosts.pinned_types(self.instance.instance_id)
         if pinned:
             options.key_types = [kind for kind in options.key_types if kind in pinned] or options.key_types
+        handshake = ssh_errors(f"SSH handshake with {where} failed", host=self.address, hint=UNREACHABLE_HINT)
         try:
-            transport.start_client(timeout=timeout)
-            known_hosts.check(self.instance, self.address, transport.get_remote_server_key(), expected)
-            transport.auth_publickey(self.login, key)
+            with handshake, refused_key(where, self.login, host=self.address):
+                transport.start_client(timeout=timeout)
+                known_hosts.check(self.instance, self.address, transport.get_remote_server_key(), expected)
+                transport.auth_publickey(self.login, key)
         except PymlsqlError:
             transport.close()
             raise
-        except paramiko.AuthenticationException:
-            transport.close()
-            raise SshError(
-                f"{where} refused the key for {self.login}",
-                host=self.address,
-                hint="Use the private key of the key pair the instance was started with (--key-pair-name).",
-            ) from None
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            transport.close()
-            raise SshError(
-                f"SSH handshake with {where} failed: {error}",
-                host=self.address,
-                hint="The instance may be down, busy or unreachable: check it with `pymlsql list` or %ecs_list, "
-                "then try again.",
-            ) from None
         transport.set_keepalive(max(1, int(self.keepalive)))
         return transport
 
@@ -200,17 +186,17 @@ class SshConnection:
         Called after a silence: a cut network or a hung machine gives no error by itself, the
         connection would just wait forever.
         """
-        try:
+        lost = ssh_errors(
+            f"lost the connection to {self.instance.instance_id} ({self.address}): no answer for "
+            f"{self.keepalive * 1.5:g} s",
+            host=self.address,
+            hint="The instance may be down or unreachable: check it with `pymlsql list` or %ecs_list, "
+            "then run the step again.",
+            reason=None,
+            cleanup=self._transport.close,
+        )
+        with lost:
             self._transport.open_session(timeout=self.keepalive / 2).close()
-        except (paramiko.SSHException, OSError, EOFError):
-            self._transport.close()
-            raise SshError(
-                f"lost the connection to {self.instance.instance_id} ({self.address}): no answer for "
-                f"{self.keepalive * 1.5:g} s",
-                host=self.address,
-                hint="The instance may be down or unreachable: check it with `pymlsql list` or %ecs_list, "
-                "then run the step again.",
-            ) from None
 
     @property
     def alive(self) -> bool:
@@ -276,55 +262,54 @@ class SshConnection:
             return chunk
 
         try:
-            if pty:
-                channel.get_pty(term="xterm", width=160, height=48)
-            channel.exec_command(command)
-            if not pty:
-                channel.sendall(script.encode())
-                channel.shutdown_write()
-            while True:
-                busy = False
-                while channel.recv_ready():
-                    chunk = channel.recv(_CHUNK)
-                    busy = True
-                    if chunk := (announced(chunk) if pty else chunk):
-                        out.feed(chunk)
-                while channel.recv_stderr_ready():
-                    chunk = channel.recv_stderr(_CHUNK)
-                    busy = True
-                    if chunk := (chunk if pty else announced(chunk)):
-                        err.feed(chunk)
-                # Read before the buffers are looked at: all output is in them once the end came.
-                output_ended = channel.eof_received or channel.closed
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    # sshd may send the exit status before the last output still in the pipe: wait
-                    # for the end of the output, unless a background process keeps it open and quiet.
-                    ended_at = ended_at or time.monotonic()
-                    if output_ended or time.monotonic() - max(ended_at, last_output) > _TRAILING_QUIET:
-                        break
-                if cancel is not None and cancel.is_set():
-                    self._kill(pid)
-                    raise KeyboardInterrupt
-                if timeout is not None and time.monotonic() - started > timeout:
-                    self._kill(pid)
-                    raise WaitTimeoutError(
-                        f"the script on {source} did not finish within {timeout:g} s; it was stopped",
-                        hint="Raise the timeout, or run long jobs in the background (nohup CMD > CMD.log 2>&1 &).",
-                    )
-                if busy:
-                    heard = last_output = time.monotonic()
-                elif time.monotonic() - heard > self.keepalive:
-                    self.check_alive()
-                    heard = time.monotonic()
-                elif channel.eof_received and not channel.exit_status_ready():
-                    channel.status_event.wait(0.25)  # all output is in; the exit status follows
-                else:
-                    wake.wait(0.25)
-            out.feed(bytes(header or b"") if pty else b"", final=True)
-            err.feed(b"" if pty else bytes(header or b""), final=True)
-            status = channel.recv_exit_status()
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            raise SshError(f"the SSH session to {source} broke: {error}", host=self.address) from None
+            with session_errors(source, host=self.address):
+                if pty:
+                    channel.get_pty(term="xterm", width=160, height=48)
+                channel.exec_command(command)
+                if not pty:
+                    channel.sendall(script.encode())
+                    channel.shutdown_write()
+                while True:
+                    busy = False
+                    while channel.recv_ready():
+                        chunk = channel.recv(_CHUNK)
+                        busy = True
+                        if chunk := (announced(chunk) if pty else chunk):
+                            out.feed(chunk)
+                    while channel.recv_stderr_ready():
+                        chunk = channel.recv_stderr(_CHUNK)
+                        busy = True
+                        if chunk := (chunk if pty else announced(chunk)):
+                            err.feed(chunk)
+                    # Read before the buffers are looked at: all output is in them once the end came.
+                    output_ended = channel.eof_received or channel.closed
+                    if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                        # sshd may send the exit status before the last output still in the pipe: wait
+                        # for the end of the output, unless a background process keeps it open and quiet.
+                        ended_at = ended_at or time.monotonic()
+                        if output_ended or time.monotonic() - max(ended_at, last_output) > _TRAILING_QUIET:
+                            break
+                    if cancel is not None and cancel.is_set():
+                        self._kill(pid)
+                        raise KeyboardInterrupt
+                    if timeout is not None and time.monotonic() - started > timeout:
+                        self._kill(pid)
+                        raise WaitTimeoutError(
+                            f"the script on {source} did not finish within {timeout:g} s; it was stopped",
+                            hint="Raise the timeout, or run long jobs in the background (nohup CMD > CMD.log 2>&1 &).",
+                        )
+                    if busy:
+                        heard = last_output = time.monotonic()
+                    elif time.monotonic() - heard > self.keepalive:
+                        self.check_alive()
+                        heard = time.monotonic()
+                    elif channel.eof_received and not channel.exit_status_ready():
+                        channel.status_event.wait(0.25)  # all output is in; the exit status follows
+                    else:
+                        wake.wait(0.25)
+                out.feed(bytes(header or b"") if pty else b"", final=True)
+                err.feed(b"" if pty else bytes(header or b""), final=True)
+                status = channel.recv_exit_status()
         finally:
             channel.close()
         if status == _NO_USER_STATUS and pid == 0:
@@ -339,16 +324,13 @@ class SshConnection:
         """Writes the script to a private temporary file on the instance; returns its path."""
         channel = self._open()
         try:
-            channel.exec_command(_STAGE.format(user=shlex.quote(user), no_user=_NO_USER_STATUS))
-            channel.sendall(script.encode())
-            channel.shutdown_write()
-            path = channel.makefile("rb").read().decode().strip()
-            problem = channel.makefile_stderr("rb").read().decode().strip()
-            status = channel.recv_exit_status()
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            raise SshError(
-                f"the SSH session to {self.instance.instance_id} broke: {error}", host=self.address
-            ) from None
+            with session_errors(self.instance.instance_id, host=self.address):
+                channel.exec_command(_STAGE.format(user=shlex.quote(user), no_user=_NO_USER_STATUS))
+                channel.sendall(script.encode())
+                channel.shutdown_write()
+                path = channel.makefile("rb").read().decode().strip()
+                problem = channel.makefile_stderr("rb").read().decode().strip()
+                status = channel.recv_exit_status()
         finally:
             channel.close()
         if status == _NO_USER_STATUS:
@@ -364,7 +346,8 @@ class SshConnection:
     def _kill(self, pid: int) -> None:
         if pid <= 0:
             return
-        try:
+        # If the connection is gone, so is the session, and with it the script.
+        with contextlib.suppress(*FAILURES):
             channel = self._open()
             # Children are listed before anything is signalled: once su is gone they are orphans.
             channel.exec_command(
@@ -373,46 +356,38 @@ class SshConnection:
             )
             channel.recv_exit_status()
             channel.close()
-        except (paramiko.SSHException, OSError, EOFError):
-            pass  # the connection is gone, and with it the session
 
     def open_channel(self, *, window_size: int | None = None, max_packet_size: int | None = None) -> paramiko.Channel:
         """A new session channel; a wide window lets bulk data flow without waiting for acks."""
         return self._open(window_size=window_size, max_packet_size=max_packet_size)
 
     def _open(self, *, window_size: int | None = None, max_packet_size: int | None = None) -> paramiko.Channel:
-        try:
+        with ssh_errors(f"cannot open an SSH session on {self.instance.instance_id}", host=self.address):
             return self._transport.open_session(timeout=30, window_size=window_size, max_packet_size=max_packet_size)
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            raise SshError(
-                f"cannot open an SSH session on {self.instance.instance_id}: {error}", host=self.address
-            ) from None
 
     def command(self, command: str) -> tuple[int, str]:
         """Runs a short command as the login user; returns (exit status, stdout + stderr)."""
         channel = self._open()
         output, errors = bytearray(), bytearray()
         try:
-            channel.settimeout(self.keepalive)
-            channel.exec_command(command)
-            channel.shutdown_write()
-            while True:
-                try:
-                    while channel.recv_stderr_ready():
-                        errors += channel.recv_stderr(_CHUNK)
-                    chunk = channel.recv(_CHUNK)
-                except socket.timeout:
-                    self.check_alive()
-                    continue
-                if not chunk:
-                    break
-                output += chunk
-            while channel.recv_stderr_ready():
-                errors += channel.recv_stderr(_CHUNK)
-            return channel.recv_exit_status(), (output + errors).decode(errors="replace")
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            where = self.instance.instance_id
-            raise SshError(f"the SSH session to {where} broke: {error}", host=self.address) from None
+            with session_errors(self.instance.instance_id, host=self.address):
+                channel.settimeout(self.keepalive)
+                channel.exec_command(command)
+                channel.shutdown_write()
+                while True:
+                    try:
+                        while channel.recv_stderr_ready():
+                            errors += channel.recv_stderr(_CHUNK)
+                        chunk = channel.recv(_CHUNK)
+                    except socket.timeout:
+                        self.check_alive()
+                        continue
+                    if not chunk:
+                        break
+                    output += chunk
+                while channel.recv_stderr_ready():
+                    errors += channel.recv_stderr(_CHUNK)
+                return channel.recv_exit_status(), (output + errors).decode(errors="replace")
         finally:
             channel.close()
 
@@ -434,24 +409,17 @@ class ChannelStream:
             self._channel.settimeout(connection.keepalive)
             self._channel.exec_command(command)
 
-    @contextlib.contextmanager
-    def _broken(self) -> Iterator[None]:
-        try:
-            yield
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            self._channel.close()
-            raise SshError(f"the SSH session to {self._where} broke: {error}") from None
+    def _broken(self) -> contextlib.AbstractContextManager[None]:
+        return session_errors(self._where, cleanup=self._channel.close)
 
     def _patiently(self, step: Callable[[], T]) -> T:
         """Runs a blocking step; after each silence of a keepalive interval, checks the server answers."""
-        while True:
-            try:
-                return step()
-            except socket.timeout:
-                self._connection.check_alive()
-            except (paramiko.SSHException, OSError, EOFError) as error:
-                self._channel.close()
-                raise SshError(f"the SSH session to {self._where} broke: {error}") from None
+        with self._broken():
+            while True:
+                try:
+                    return step()
+                except socket.timeout:
+                    self._connection.check_alive()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -493,4 +461,3 @@ class ChannelStream:
 
     def abort(self) -> None:
         self._channel.close()
-
