@@ -10,114 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shlex
 import socket
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
 import paramiko
-from paramiko.common import MSG_CHANNEL_REQUEST
 
-from ._errors import PymlsqlError, SshError, WaitTimeoutError
+from . import _remote as remote
+from ._errors import PymlsqlError, SshError
+from ._exec import ExecSession, hear_exit_signals
 from ._known_hosts import ExpectedKeys, KnownHosts
-from ._output import OutputSink, StreamDecoder
+from ._output import OutputSink
 from ._results import Instance
 from ._ssh_errors import FAILURES, UNREACHABLE_HINT, os_reason, refused_key, session_errors, ssh_errors
 
-_PID_MARK = b"pymlsql:pid="
 T = TypeVar("T")
-NO_USER_HINT = (
-    "Create the user first (useradd), or pick another user (--execute-user of pymlsql, --user of the magics)."
-)
 
-_NO_USER_STATUS = 125
 _CHUNK = 32768
 _STREAM_WINDOW = 16 << 20
 _STREAM_PACKET = 32768
 _STREAM_ERRORS_KEPT = 65536
-# Seconds of silence after a script's exit status before its output is taken as complete while a
-# background process still holds it open (OpenSSH would wait for that process).
-_TRAILING_QUIET = 2.0
-
-# The login user's script is read straight from the channel (fd 3), with /dev/null as its stdin,
-# by the login shell itself when that is bash and not in POSIX mode (as `ssh instance "$script"`
-# runs it), else by /bin/bash: no wrapper process waits around it, on each of many instances at
-# once. sshd made that shell a session and process-group leader, so its pid, announced first on
-# stderr, names the group to kill. A signal that ends it arrives as "exit-signal" (see _on_request).
-_AS_LOGIN_USER = (
-    'echo "pymlsql:pid=$$" >&2; cd ~ || exit; '
-    'if [ -n "$BASH_VERSION" ] && ! shopt -qo posix; then . /dev/fd/3 3<&0 </dev/null; '
-    "else exec /bin/bash /dev/fd/3 3<&0 </dev/null; fi"
-)
-# Another user's script runs like `su - USER` would, from a private temporary file (mktemp makes it
-# 0600) removed however the script ends, in a session of its own whose id is announced first.
-# `su -c` puts the user's shell in yet another session, so killing means the group of the
-# announced process and the groups of its children (see _GROUPS).
-_AS_OTHER_USER = r"""
-u={user}
-if ! id -u "$u" >/dev/null 2>&1; then
-  printf 'pymlsql:pid=0\npymlsql: no user %s\n' "$u" >&2
-  exit {no_user}
-fi
-f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
-trap 'rm -f "$f"' EXIT
-cat > "$f" && chown "$u" "$f" || exit 124
-setsid su - "$u" -s /bin/bash -c "exec /bin/bash $f" </dev/null &
-pid=$!
-echo "pymlsql:pid=$pid" >&2
-trap 'kill -TERM -- {groups} 2>/dev/null; rm -f "$f"; exit 130' HUP INT TERM
-wait $pid
-"""
-# With a terminal the script cannot come on stdin: it is staged first (_STAGE), then run on the
-# pty in the foreground, so it is the terminal's process group and gets its hangup.
-_STAGE = r"""
-u={user}
-if ! id -u "$u" >/dev/null 2>&1; then
-  printf 'pymlsql: no user %s\n' "$u" >&2
-  exit {no_user}
-fi
-f=$(mktemp /tmp/.pymlsql-script.XXXXXXXX) || exit 124
-cat > "$f" || {{ rm -f "$f"; exit 124; }}
-[ "${{USER:-$(id -un)}}" = "$u" ] || chown "$u" "$f" || {{ rm -f "$f"; exit 124; }}
-printf '%s' "$f"
-"""
-_PTY_WRAPPER = r"""
-u={user}; f={path}
-trap 'rm -f "$f"' EXIT
-trap 'kill -TERM -- {groups} 2>/dev/null; rm -f "$f"; exit 130' HUP INT TERM
-pid=$$
-echo "pymlsql:pid=$pid"
-if [ "$(id -un)" = "$u" ]; then
-  cd ~ && /bin/bash "$f"
-else
-  su --pty - "$u" -s /bin/bash -c "exec /bin/bash $f"
-fi
-"""
-# The process groups to signal for the announced process $pid: its own and each child's.
-_GROUPS = "-$pid $(pgrep -P $pid | sed s/^/-/)"
-
-
-# The instance's numbers, not this machine's (they differ on macOS; Windows lacks most).
-_LINUX_SIGNALS = {name: number for number, name in enumerate(
-    "HUP INT QUIT ILL TRAP ABRT BUS FPE KILL USR1 SEGV USR2 PIPE ALRM TERM STKFLT CHLD CONT STOP TSTP TTIN "
-    "TTOU URG XCPU XFSZ VTALRM PROF WINCH IO PWR SYS".split(), start=1)}  # fmt: skip
-
-
-def _on_request(channel: paramiko.Channel, message: paramiko.Message) -> None:
-    """paramiko drops "exit-signal" (RFC 4254, 6.10): a script ended by a signal gets the status
-    bash would give it, 128 + the signal's number, instead of none."""
-    start = message.packet.tell()
-    if message.get_text() == "exit-signal":
-        message.get_boolean()  # want reply: never, for this request
-        number = _LINUX_SIGNALS.get(message.get_text())
-        channel.exit_status = 128 + number if number is not None else 255
-        channel.status_event.set()
-        return
-    message.packet.seek(start)
-    paramiko.Channel._handle_request(channel, message)
 
 
 class SshConnection:
@@ -161,7 +75,7 @@ class SshConnection:
         # algorithm against the server's delayed ACK: about 40 ms per round trip.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
-        transport._channel_handler_table = {**transport._channel_handler_table, MSG_CHANNEL_REQUEST: _on_request}
+        hear_exit_signals(transport)
         options = transport.get_security_options()
         # AES-GCM first: paramiko moves output and copies markedly faster with it than with AES-CTR.
         options.ciphers = [c for c in options.ciphers if "gcm" in c] + [c for c in options.ciphers if "gcm" not in c]
@@ -225,107 +139,27 @@ class SshConnection:
         """
         source = self.instance.instance_id
         if pty:
-            command = _PTY_WRAPPER.format(user=shlex.quote(user), path=shlex.quote(self._stage(script, user)),
-                                          groups=_GROUPS)  # fmt: skip
-        elif user == self.login:
-            command = _AS_LOGIN_USER
+            command = remote.on_terminal(user, self._stage(script, user))
         else:
-            command = _AS_OTHER_USER.format(user=shlex.quote(user), no_user=_NO_USER_STATUS, groups=_GROUPS)
+            command = remote.as_login_user() if user == self.login else remote.as_other_user(user)
         channel = self._open()
-        # Woken when output arrives or the channel closes, rather than polling: many scripts run at
-        # once, each on a thread of its own.
-        wake = threading.Event()
-        channel.in_buffer.set_event(wake)
-        channel.in_stderr_buffer.set_event(wake)
-        out = StreamDecoder(source, "stdout", sink, terminal=pty, keep=keep)
-        err = StreamDecoder(source, "stderr", sink, keep=keep)
-        header: bytearray | None = bytearray()  # the wrapper's pid line, first on stderr (stdout on a pty)
-        pid = 0
-        started = heard = last_output = time.monotonic()
-        ended_at = 0.0  # when the exit status came
-
-        def announced(chunk: bytes) -> bytes:
-            nonlocal header, pid
-            if header is None:
-                return chunk
-            header += chunk
-            if b"\n" not in header:
-                return b""
-            line, _, rest = bytes(header).partition(b"\n")
-            if line.rstrip(b"\r").startswith(_PID_MARK):
-                pid, chunk = int(line.rstrip(b"\r")[len(_PID_MARK) :] or 0), rest
-                if pid == 0:
-                    chunk = b""  # the wrapper's complaint that the user does not exist: an error, not output
-            else:  # the wrapper failed before announcing: all of it is real output
-                pid, chunk = -1, bytes(header)
-            header = None
-            return chunk
-
+        session = ExecSession(channel, source=source, sink=sink, pty=pty, keep=keep, keepalive=self.keepalive,
+                              check_alive=self.check_alive, kill=self._kill)  # fmt: skip
         try:
             with session_errors(source, host=self.address):
-                if pty:
-                    channel.get_pty(term="xterm", width=160, height=48)
-                channel.exec_command(command)
-                if not pty:
-                    channel.sendall(script.encode())
-                    channel.shutdown_write()
-                while True:
-                    busy = False
-                    while channel.recv_ready():
-                        chunk = channel.recv(_CHUNK)
-                        busy = True
-                        if chunk := (announced(chunk) if pty else chunk):
-                            out.feed(chunk)
-                    while channel.recv_stderr_ready():
-                        chunk = channel.recv_stderr(_CHUNK)
-                        busy = True
-                        if chunk := (chunk if pty else announced(chunk)):
-                            err.feed(chunk)
-                    # Read before the buffers are looked at: all output is in them once the end came.
-                    output_ended = channel.eof_received or channel.closed
-                    if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                        # sshd may send the exit status before the last output still in the pipe: wait
-                        # for the end of the output, unless a background process keeps it open and quiet.
-                        ended_at = ended_at or time.monotonic()
-                        if output_ended or time.monotonic() - max(ended_at, last_output) > _TRAILING_QUIET:
-                            break
-                    if cancel is not None and cancel.is_set():
-                        self._kill(pid)
-                        raise KeyboardInterrupt
-                    if timeout is not None and time.monotonic() - started > timeout:
-                        self._kill(pid)
-                        raise WaitTimeoutError(
-                            f"the script on {source} did not finish within {timeout:g} s; it was stopped",
-                            hint="Raise the timeout, or run long jobs in the background (nohup CMD > CMD.log 2>&1 &).",
-                        )
-                    if busy:
-                        heard = last_output = time.monotonic()
-                    elif time.monotonic() - heard > self.keepalive:
-                        self.check_alive()
-                        heard = time.monotonic()
-                    elif channel.eof_received and not channel.exit_status_ready():
-                        channel.status_event.wait(0.25)  # all output is in; the exit status follows
-                    else:
-                        wake.wait(0.25)
-                out.feed(bytes(header or b"") if pty else b"", final=True)
-                err.feed(b"" if pty else bytes(header or b""), final=True)
-                status = channel.recv_exit_status()
+                status = session.run(command, None if pty else script.encode(), timeout=timeout, cancel=cancel)
         finally:
             channel.close()
-        if status == _NO_USER_STATUS and pid == 0:
-            raise SshError(
-                f"there is no user {user!r} on {source}",
-                host=self.address,
-                hint=NO_USER_HINT,
-            )
-        return status, out.text, err.text, out.truncated or err.truncated
+        if status == remote.NO_USER_STATUS and session.header.pid == 0:
+            raise remote.no_user_error(user, source, host=self.address)
+        return status, session.stdout.text, session.stderr.text, session.truncated
 
     def _stage(self, script: str, user: str) -> str:
         """Writes the script to a private temporary file on the instance; returns its path."""
         channel = self._open()
         try:
             with session_errors(self.instance.instance_id, host=self.address):
-                channel.exec_command(_STAGE.format(user=shlex.quote(user), no_user=_NO_USER_STATUS))
+                channel.exec_command(remote.stage(user))
                 channel.sendall(script.encode())
                 channel.shutdown_write()
                 path = channel.makefile("rb").read().decode().strip()
@@ -333,12 +167,8 @@ class SshConnection:
                 status = channel.recv_exit_status()
         finally:
             channel.close()
-        if status == _NO_USER_STATUS:
-            raise SshError(
-                f"there is no user {user!r} on {self.instance.instance_id}",
-                host=self.address,
-                hint=NO_USER_HINT,
-            )
+        if status == remote.NO_USER_STATUS:
+            raise remote.no_user_error(user, self.instance.instance_id, host=self.address)
         if status != 0 or not path:
             raise SshError(f"cannot stage the script on {self.instance.instance_id}: {problem}", host=self.address)
         return path
@@ -349,11 +179,7 @@ class SshConnection:
         # If the connection is gone, so is the session, and with it the script.
         with contextlib.suppress(*FAILURES):
             channel = self._open()
-            # Children are listed before anything is signalled: once su is gone they are orphans.
-            channel.exec_command(
-                f'pid={pid}; groups="{_GROUPS}"; kill -TERM -- $groups 2>/dev/null; sleep 1; '
-                "kill -KILL -- $groups 2>/dev/null; true"
-            )
+            channel.exec_command(remote.kill_groups(pid))
             channel.recv_exit_status()
             channel.close()
 
