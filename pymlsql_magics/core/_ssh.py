@@ -9,16 +9,15 @@ Its process groups are killed on timeout or interrupt.
 from __future__ import annotations
 
 import contextlib
-import io
 import socket
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, TypeVar, cast
 
 import paramiko
 
 from . import _remote as remote
+from ._algorithms import DEFAULT_ALGORITHMS, SshAlgorithms
+from ._channel_stream import STREAM_PACKET, STREAM_WINDOW, ChannelStream
 from ._errors import PymlsqlError, SshError
 from ._exec import ExecSession, hear_exit_signals
 from ._known_hosts import ExpectedKeys, KnownHosts
@@ -26,12 +25,7 @@ from ._output import OutputSink
 from ._results import Instance
 from ._ssh_errors import FAILURES, UNREACHABLE_HINT, os_reason, refused_key, session_errors, ssh_errors
 
-T = TypeVar("T")
-
 _CHUNK = 32768
-_STREAM_WINDOW = 16 << 20
-_STREAM_PACKET = 32768
-_STREAM_ERRORS_KEPT = 65536
 
 
 class SshConnection:
@@ -49,8 +43,10 @@ class SshConnection:
         key_path: Path | None = None,
         keepalive: float = 10.0,
         expected_host_keys: ExpectedKeys | None = None,
+        algorithms: SshAlgorithms = DEFAULT_ALGORITHMS,
     ) -> None:
         self.instance = instance
+        self.algorithms = algorithms
         self.keepalive = keepalive
         self.key_path = key_path
         self.known_hosts_path = known_hosts.path
@@ -77,8 +73,8 @@ class SshConnection:
         transport = paramiko.Transport(sock)
         hear_exit_signals(transport)
         options = transport.get_security_options()
-        # AES-GCM first: paramiko moves output and copies markedly faster with it than with AES-CTR.
-        options.ciphers = [c for c in options.ciphers if "gcm" in c] + [c for c in options.ciphers if "gcm" not in c]
+        options.ciphers = self.algorithms.paramiko_ciphers(options.ciphers)
+        transport.use_compression(self.algorithms.compression)
         pinned = known_hosts.pinned_types(self.instance.instance_id)
         if pinned:
             options.key_types = [kind for kind in options.key_types if kind in pinned] or options.key_types
@@ -219,71 +215,6 @@ class SshConnection:
 
     def stream(self, command: str) -> ChannelStream:
         """Runs `command` as the login user on a channel made for bulk data."""
-        channel = self._open(window_size=_STREAM_WINDOW, max_packet_size=_STREAM_PACKET)
-        return ChannelStream(channel, command, self.instance.instance_id, self)
-
-
-class ChannelStream:
-    """A command on an exec channel with a wide window, for bulk data in either direction.
-
-    Its methods raise SshError when the connection breaks.
-    """
-
-    def __init__(self, channel: paramiko.Channel, command: str, where: str, connection: SshConnection) -> None:
-        self._channel, self._where, self._connection = channel, where, connection
-        with self._broken():
-            self._channel.settimeout(connection.keepalive)
-            self._channel.exec_command(command)
-
-    def _broken(self) -> contextlib.AbstractContextManager[None]:
-        return session_errors(self._where, cleanup=self._channel.close)
-
-    def _patiently(self, step: Callable[[], T]) -> T:
-        """Runs a blocking step; after each silence of a keepalive interval, checks the server answers."""
-        with self._broken():
-            while True:
-                try:
-                    return step()
-                except socket.timeout:
-                    self._connection.check_alive()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        # Slices of one packet each: paramiko's sendall would copy the remainder after every packet.
-        for start in range(0, len(view), _STREAM_PACKET):
-            piece = view[start : start + _STREAM_PACKET]
-            sent = 0
-            while sent < len(piece):
-                sent += self._patiently(lambda piece=piece, sent=sent: self._channel.send(piece[sent:]))
-
-    def pour(self, source: BinaryIO, count: Callable[[int], None]) -> None:
-        while chunk := cast(io.BufferedReader, source).read1(_STREAM_WINDOW // 16):
-            self.write(chunk)
-            count(len(chunk))
-
-    def close_input(self) -> None:
-        if not self._channel.closed:
-            with self._broken():
-                self._channel.shutdown_write()
-
-    def read(self, size: int) -> bytes:
-        return self._patiently(lambda: self._channel.recv(size))
-
-    def drain(self, target: BinaryIO, count: Callable[[int], None]) -> None:
-        while chunk := self.read(_STREAM_WINDOW // 16):
-            target.write(chunk)
-            count(len(chunk))
-
-    def finish(self, timeout: float) -> tuple[int, str]:
-        if not self._channel.status_event.wait(timeout):
-            self._channel.close()
-            return -1, f"no exit status within {timeout:g} s"
-        errors = bytearray()
-        while self._channel.recv_stderr_ready() and len(errors) < _STREAM_ERRORS_KEPT:
-            errors += self._channel.recv_stderr(_STREAM_ERRORS_KEPT)
-        status = self._channel.recv_exit_status()
-        self._channel.close()
-        return status, errors.decode(errors="replace")
-
-    def abort(self) -> None:
-        self._channel.close()
+        channel = self._open(window_size=STREAM_WINDOW, max_packet_size=STREAM_PACKET)
+        return ChannelStream(channel, command, where=self.instance.instance_id, keepalive=self.keepalive,
+                             check_alive=self.check_alive)  # fmt: skip

@@ -22,11 +22,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from . import _remote as remote
 from ._errors import CopyError, PymlsqlError, SshError
 from ._results import CopyResult
+from ._ssh import SshConnection
 from ._streams import RemoteStream, open_stream
 
 Progress = Callable[[int, int], None]
@@ -54,7 +55,7 @@ class Meter:
         self._progress(min(self.total, self._streamed * self.total // self._estimate), self.total)
 
 
-def upload(connection: Any, source: str, target: str, *, user: str, progress: Progress = _noop,
+def upload(connection: SshConnection, source: str, target: str, *, user: str, progress: Progress = _noop,
            cancel: threading.Event | None = None) -> CopyResult:  # fmt: skip
     """Copies a local file or directory to `target` on the instance, owned by `user`."""
     started = time.monotonic()
@@ -99,7 +100,7 @@ def upload(connection: Any, source: str, target: str, *, user: str, progress: Pr
     return CopyResult(instance_id, source, destination, files, total, time.monotonic() - started)
 
 
-def download(connection: Any, source: str, target: str, *, user: str, progress: Progress = _noop,
+def download(connection: SshConnection, source: str, target: str, *, user: str, progress: Progress = _noop,
              cancel: threading.Event | None = None) -> CopyResult:  # fmt: skip
     """Copies a file or directory of the instance (relative paths from `user`'s home) to `target`."""
     started = time.monotonic()
