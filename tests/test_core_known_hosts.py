@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from pymlsql_magics.core import HostKeyMismatchError, Instance
-from pymlsql_magics.core._ssh import KnownHosts, public_key_line
+from pymlsql_magics.core._known_hosts import KnownHosts
+from pymlsql_magics.core._ssh_keys import public_key_line
 
 
 def new_key() -> paramiko.PKey:

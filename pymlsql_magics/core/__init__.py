@@ -3,6 +3,7 @@
 from ._config import CredentialsSource, EcsConfig, parse_duration
 from ._errors import (
     ConfigError,
+    CopyError,
     EcsApiError,
     FleetError,
     HostKeyMismatchError,
@@ -16,7 +17,6 @@ from ._fleet import CREATED_BY, NAME_TAG, Fleet
 from ._launch import SETTINGS, LaunchSpec, Setting, launch_spec, parse_flag, parse_pairs, start_arguments
 from ._output import ConsoleSink, LogSink, NullSink, OutputSink, StreamDecoder, StreamName, TeeSink
 from ._results import CopyResult, ExecResult, FleetResult, Instance, InstanceList, naming
-from ._transfer import CopyError
 
 __all__ = [
     "CREATED_BY",

@@ -66,6 +66,14 @@ class HostKeyMismatchError(SshError):
     """An instance presented a host key other than the one pinned for it."""
 
 
+class CopyError(PymlsqlError):
+    """A copy could not be done; nothing partial was left at the target.
+
+    Not an SshError: most of its causes are paths and programs, on either side, not the connection.
+    A connection that breaks during a copy is still an SshError.
+    """
+
+
 class WaitTimeoutError(PymlsqlError):
     """An instance never reached the wanted state in time."""
 

@@ -16,10 +16,13 @@ from ._config import EcsConfig
 from ._ecs import EcsClient
 from ._errors import ConfigError, FleetError, InstanceStateError, PymlsqlError, WaitTimeoutError
 from ._face import PYTHON, Face
+from ._host_key_sources import console_fingerprints
+from ._known_hosts import KnownHosts
 from ._launch import LaunchSpec
 from ._output import NullSink, OutputSink
 from ._results import CopyResult, ExecResult, FleetResult, Instance
-from ._ssh import KnownHosts, PrivateKey, SshConnection, console_fingerprints, load_private_key
+from ._ssh import SshConnection
+from ._ssh_keys import PrivateKey, load_private_key
 from ._start import CREATED_BY, NAME_TAG, TOOL, Start, Watch
 from ._transfer import download, upload
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ._ecs import EcsClient
 from ._errors import ConfigError
-from ._ssh import load_private_key, public_key_line
+from ._ssh_keys import load_private_key, public_key_line
 
 
 def ensure_key_pair(client: EcsClient, name: str, key_dir: Path, *, create: bool) -> Path:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError, HostKeyMismatchError, InstanceStateError, PymlsqlError, SshError, WaitTimeoutError
+from ._host_key_sources import host_keys_in_cloud_config
 from ._keys import ensure_key_pair
 from ._launch import LaunchSpec, check_tags
 from ._results import Instance
-from ._ssh import host_keys_in_cloud_config
 
 if TYPE_CHECKING:
     from ._fleet import Fleet

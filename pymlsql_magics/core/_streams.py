@@ -16,9 +16,10 @@ import stat
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any, BinaryIO, Protocol, cast
+from typing import IO, BinaryIO, Protocol, cast
 
 from ._errors import SshError
+from ._ssh import SshConnection
 
 try:
     import fcntl
@@ -57,7 +58,7 @@ class RemoteStream(Protocol):
     def abort(self) -> None: ...
 
 
-def open_stream(connection: Any, command: str, *, size: int) -> RemoteStream:
+def open_stream(connection: SshConnection, command: str, *, size: int) -> RemoteStream:
     """Runs `command` as the login user; `size` is how many bytes are about to move."""
     argv = _openssh_argv(connection, command) if size >= OPENSSH_FROM else None
     if argv is not None:
@@ -136,7 +137,7 @@ class OpenSshStream:
                     pass
 
 
-def _move(source: BinaryIO, target: BinaryIO, count: Callable[[int], None]) -> None:
+def _move(source: IO[bytes], target: IO[bytes], count: Callable[[int], None]) -> None:
     """Everything `source` gives until its end, into `target`, calling `count` with each amount.
 
     Where the kernel can splice one pipe into another, the bytes never pass through Python.
@@ -164,10 +165,10 @@ def _widened(pipe: int) -> bool:
     return True
 
 
-def _openssh_argv(connection: Any, command: str) -> list[str] | None:
+def _openssh_argv(connection: SshConnection, command: str) -> list[str] | None:
     """The ssh command line for `command`, or None when OpenSSH cannot be used here."""
     ssh = shutil.which("ssh")
-    key_path = getattr(connection, "key_path", None)
+    key_path = connection.key_path
     if ssh is None or key_path is None or not os.path.exists(connection.known_hosts_path):
         return None
     try:
@@ -192,8 +193,7 @@ def _openssh_argv(connection: Any, command: str) -> list[str] | None:
         # As the paramiko connections: a silent server is given up on within 1.5 keepalive intervals.
         "ServerAliveInterval": str(max(1, round(connection.keepalive / 2))),
         "ServerAliveCountMax": "3",
-        "Ciphers": "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr",
-        "Compression": "no",
+        **connection.algorithms.openssh_options(),
         "ForwardAgent": "no",
         "ForwardX11": "no",
         "ControlMaster": "no",

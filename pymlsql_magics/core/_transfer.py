@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import shutil
 import stat
 import subprocess
@@ -23,67 +22,19 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-from ._errors import PymlsqlError, SshError
+from . import _remote as remote
+from ._errors import CopyError, PymlsqlError, SshError
 from ._results import CopyResult
-from ._ssh import NO_USER_HINT
+from ._ssh import SshConnection
 from ._streams import RemoteStream, open_stream
 
 Progress = Callable[[int, int], None]
 
-_NO_USER = 125
 _BLOCK = 512
 _BUFFER = 1 << 16
 _FINISH_TIMEOUT = 120.0
-
-# Unpacks the tar stream on stdin next to the destination, then renames it into place. The
-# placement is decided here, on the instance, so a copy is one round trip however many files.
-_UPLOAD = r"""
-u={user}; t={target}; n={name}; kind={kind}; token={token}
-h=$(getent passwd "$u" | cut -d: -f6)
-[ -n "$h" ] || {{ echo "pymlsql: no user $u" >&2; exit {no_user}; }}
-case $t in /*) ;; *) t=$h/$t ;; esac
-if [ -d "$t" ]; then d=${{t%/}}/$n; else d=${{t%/}}; fi
-p=$(dirname -- "$d")
-[ -d "$p" ] || {{ echo "pymlsql: the folder $p does not exist" >&2; exit 3; }}
-if [ "$kind" = d ] && [ -e "$d" ]; then echo "pymlsql: $d already exists" >&2; exit 4; fi
-s=$p/.$(basename -- "$d").pymlsql-$token
-e=$(mkdir -m 700 -- "$s" 2>&1) || {{ echo "pymlsql: cannot write in the folder $p: ${{e##*: }}" >&2; exit 5; }}
-trap 'rm -rf -- "$s"' EXIT
-trap 'exit 130' HUP INT TERM PIPE
-tar -x -i -p --no-same-owner -C "$s" -f - || exit 6
-# The mark comes last, as an archive of its own (-i reads on past the first one's end): without it
-# the stream was cut short or the local tar failed, whatever this tar thought of it.
-[ -e "$s/.pymlsql-complete-$token" ] || {{ echo "pymlsql: the copy was cut short" >&2; exit 9; }}
-chown -R -- "$u": "$s/$n" || exit 7
-mv -T -- "$s/$n" "$d" || exit 8
-printf '%s\n' "$d"
-"""
-# What a download will move: "kind files bytes estimated-stream-size" then the resolved path.
-_PROBE = r"""
-u={user}; s={source}
-h=$(getent passwd "$u" | cut -d: -f6)
-[ -n "$h" ] || {{ echo "pymlsql: no user $u" >&2; exit {no_user}; }}
-case $s in /*) ;; *) s=$h/$s ;; esac
-[ -e "$s" ] || {{ echo "pymlsql: $s does not exist" >&2; exit 3; }}
-r=$(readlink -f -- "$s")
-if [ -d "$r" ]; then k=d; else k=f; fi
-find "$r" -printf '%y %s\n' 2>/dev/null | awk -v k="$k" '
-  $1 == "f" {{ n += 1; b += $2; e += 512 + int(($2 + 511) / 512) * 512; next }}
-  {{ e += 512 }}
-  END {{ printf "%s %d %d %d\n", k, n, b, e + 1024 }}'
-printf '%s' "$r"
-"""
-_HINTS = {
-    3: "Check the path (--source, --target), or create the folder first.",
-    4: "Remove it first, or copy into a new target.",
-    5: "Pick a target folder the user can write, such as its home.",
-}
-
-
-class CopyError(PymlsqlError):
-    """A copy could not be done; nothing partial was left at the target."""
 
 
 def _noop(done: int, total: int) -> None:
@@ -104,7 +55,7 @@ class Meter:
         self._progress(min(self.total, self._streamed * self.total // self._estimate), self.total)
 
 
-def upload(connection: Any, source: str, target: str, *, user: str, progress: Progress = _noop,
+def upload(connection: SshConnection, source: str, target: str, *, user: str, progress: Progress = _noop,
            cancel: threading.Event | None = None) -> CopyResult:  # fmt: skip
     """Copies a local file or directory to `target` on the instance, owned by `user`."""
     started = time.monotonic()
@@ -114,8 +65,7 @@ def upload(connection: Any, source: str, target: str, *, user: str, progress: Pr
         raise CopyError(f"the local path {source} does not exist", hint="Check the source path (--source).")
     files, total, estimate = _inventory(local)
     token = uuid.uuid4().hex[:12]
-    script = _UPLOAD.format(user=shlex.quote(user), target=shlex.quote(target), name=shlex.quote(local.name),
-                            kind="d" if local.is_dir() else "f", token=token, no_user=_NO_USER)  # fmt: skip
+    script = remote.unpack(user, target, local.name, directory=local.is_dir(), token=token)
     meter = Meter(total, estimate, progress, cancel)
     # A symlink given as the source is copied as what it points to, as scp does.
     follow = ["-h"] if local.is_symlink() else []
@@ -150,28 +100,26 @@ def upload(connection: Any, source: str, target: str, *, user: str, progress: Pr
     return CopyResult(instance_id, source, destination, files, total, time.monotonic() - started)
 
 
-def download(connection: Any, source: str, target: str, *, user: str, progress: Progress = _noop,
+def download(connection: SshConnection, source: str, target: str, *, user: str, progress: Progress = _noop,
              cancel: threading.Event | None = None) -> CopyResult:  # fmt: skip
     """Copies a file or directory of the instance (relative paths from `user`'s home) to `target`."""
     started = time.monotonic()
     instance_id = connection.instance.instance_id
-    status, output = connection.command(_PROBE.format(user=shlex.quote(user), source=shlex.quote(source),
-                                                      no_user=_NO_USER))  # fmt: skip
+    status, output = connection.command(remote.probe(user, source))
     if status != 0:
         raise _failure(status, output, instance_id, user, f"copying {instance_id}:{source}", None)
-    head, _, remote = output.partition("\n")
-    kind, files, total, estimate = head.split()
-    name = remote.rstrip("/").rsplit("/", 1)[-1]
+    found = remote.parse_probe(output)
+    name = found.path.rstrip("/").rsplit("/", 1)[-1]
     local_target = Path(target).expanduser()
     requested = source.rstrip("/").rsplit("/", 1)[-1] or name
     destination = local_target / requested if local_target.is_dir() else local_target
     if not destination.parent.is_dir():
         what = "is not a folder" if destination.parent.exists() else "does not exist"
         raise CopyError(f"the local folder {destination.parent} {what}", hint="Create it first, or check --target.")
-    if kind == "d" and destination.exists():
+    if found.directory and destination.exists():
         raise CopyError(f"{destination} already exists", hint="Remove it first, or pick a new target.")
-    parent = remote.rsplit("/", 1)[0] or "/"
-    meter = Meter(int(total), int(estimate), progress, cancel)
+    parent = found.path.rsplit("/", 1)[0] or "/"
+    meter = Meter(found.total, found.estimate, progress, cancel)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.pymlsql-", dir=destination.parent))
     except OSError as error:
@@ -180,8 +128,7 @@ def download(connection: Any, source: str, target: str, *, user: str, progress: 
             hint="Pick a target folder you can write.",
         ) from None
     try:
-        command = f"cd -- {shlex.quote(parent)} && exec tar -c -f - {shlex.quote('./' + name)}"
-        stream = open_stream(connection, command, size=int(total))
+        stream = open_stream(connection, remote.pack(parent, name), size=found.total)
         unpacker = unpacker_into(staging)
         try:
             relay(stream, unpacker, meter)
@@ -200,8 +147,8 @@ def download(connection: Any, source: str, target: str, *, user: str, progress: 
         raise CopyError(f"copying {instance_id}:{source} to {target} failed: {error}") from None
     finally:
         _remove_tree(staging)
-    progress(int(total), int(total))
-    return CopyResult(instance_id, source, str(destination), int(files), int(total), time.monotonic() - started)
+    progress(found.total, found.total)
+    return CopyResult(instance_id, source, str(destination), found.files, found.total, time.monotonic() - started)
 
 
 def _inventory(top: Path) -> tuple[int, int, int]:
@@ -315,15 +262,11 @@ def _read_all(stream: RemoteStream) -> bytes:
 
 def _failure(status: int, errors: str, instance_id: str, user: str, what: str,
              broken: BaseException | None) -> PymlsqlError:  # fmt: skip
+    if status == remote.NO_USER_STATUS:
+        return remote.no_user_error(user, instance_id)
+    if (said := remote.complaint(errors)) is not None:
+        return CopyError(f"{said} on {instance_id}", hint=remote.COPY_HINTS.get(status))
     lines = [line for line in errors.strip().splitlines() if line.strip()]
-    said = next((line.removeprefix("pymlsql: ") for line in lines if line.startswith("pymlsql: ")), None)
-    if status == _NO_USER:
-        return SshError(
-            f"there is no user {user!r} on {instance_id}",
-            hint=NO_USER_HINT,
-        )
-    if said is not None:
-        return CopyError(f"{said} on {instance_id}", hint=_HINTS.get(status))
     detail = lines[-1] if lines else (str(broken) if broken else f"exit status {status}")
     return CopyError(f"{what} failed: {detail}")
 
