@@ -281,7 +281,7 @@ CLI_COPIES = {
                    ["the local path {missing} does not exist"]),
 }  # fmt: skip
 MAGIC_COPIES = {
-    "exec-ghost": ("%%ecs_exec {id} --user ghost\ntrue", ["there is no user 'ghost'", "useradd"]),
+    "exec-ghost": ("%%ecs_exec {id} --user ghost\ntrue", ["there is no user 'ghost'", "useradd", "(--user)"]),
     "up-ghost": ("%ecs_copy {file} {id}:{remote} --user ghost", ["there is no user 'ghost'", "useradd"]),
     "down-ghost": ("%ecs_copy {id}:/etc/hostname {empty} --user ghost", ["there is no user 'ghost'", "useradd"]),
     "up-missing": ("%ecs_copy {missing} {id}:{remote}", ["the local path {missing} does not exist"]),

@@ -262,7 +262,7 @@ def test_exec_shell_as_an_unknown_user(env: dict[str, str], master: dict[str, An
                    "--script-file", script(tmp_path, "true"))  # fmt: skip
     first, hint = hinted_error(done)
     assert "no user 'ghost'" in first and master["id"] in first
-    assert "--execute-user" in hint
+    assert "--execute-user" in hint and "%ecs" not in hint
 
 
 def test_exec_shell_with_a_key_pair_whose_key_file_is_missing(

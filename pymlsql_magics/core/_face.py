@@ -17,5 +17,11 @@ class Face:
     def reuse_hint(self, instance_id: str) -> str:
         return self.reuse.format(instance_id=instance_id)
 
+    def unreachable_hint(self, then: str = "try again") -> str:
+        return f"The instance may be down, busy or unreachable: check it with {self.list}, then {then}."
+
+    def no_user_hint(self) -> str:
+        return f"Create the user first (useradd), or pick another user ({self.user_flag})."
+
 
 PYTHON = Face()

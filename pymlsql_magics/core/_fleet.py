@@ -332,6 +332,7 @@ class Fleet:
             # While an instance boots its SYNs may go unanswered: try again soon rather than wait.
             tcp_timeout=min(self.config.ssh_connect_timeout, 2.0) if probing else None,
             key_path=key_path,
+            face=self.face,
         )
         with self._lock:
             self._connections[slot] = connection

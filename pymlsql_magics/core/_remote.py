@@ -11,11 +11,9 @@ import shlex
 from dataclasses import dataclass
 
 from ._errors import SshError
+from ._face import PYTHON, Face
 
 NO_USER_STATUS = 125
-NO_USER_HINT = (
-    "Create the user first (useradd), or pick another user (--execute-user of pymlsql, --user of the magics)."
-)
 PID_MARK = b"pymlsql:pid="
 
 # The user the script runs as must exist; `announce` is what stands before the complaint on stderr.
@@ -204,9 +202,9 @@ def complaint(errors: str) -> str | None:
     return next((line.removeprefix("pymlsql: ") for line in lines if line.startswith("pymlsql: ")), None)
 
 
-def no_user_error(user: str, where: str, *, host: str = "") -> SshError:
+def no_user_error(user: str, where: str, *, host: str = "", face: Face = PYTHON) -> SshError:
     """What NO_USER_STATUS means, said to the user."""
-    return SshError(f"there is no user {user!r} on {where}", host=host, hint=NO_USER_HINT)
+    return SshError(f"there is no user {user!r} on {where}", host=host, hint=face.no_user_hint())
 
 
 class PidHeader:

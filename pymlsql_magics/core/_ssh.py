@@ -20,10 +20,11 @@ from ._algorithms import DEFAULT_ALGORITHMS, SshAlgorithms
 from ._channel_stream import STREAM_PACKET, STREAM_WINDOW, ChannelStream
 from ._errors import PymlsqlError, SshError
 from ._exec import ExecSession, hear_exit_signals
+from ._face import PYTHON, Face
 from ._known_hosts import ExpectedKeys, KnownHosts
 from ._output import OutputSink
 from ._results import Instance
-from ._ssh_errors import FAILURES, UNREACHABLE_HINT, os_reason, refused_key, session_errors, ssh_errors
+from ._ssh_errors import FAILURES, os_reason, refused_key, session_errors, ssh_errors
 
 _CHUNK = 32768
 
@@ -44,8 +45,10 @@ class SshConnection:
         keepalive: float = 10.0,
         expected_host_keys: ExpectedKeys | None = None,
         algorithms: SshAlgorithms = DEFAULT_ALGORITHMS,
+        face: Face = PYTHON,
     ) -> None:
         self.instance = instance
+        self.face = face
         self.algorithms = algorithms
         self.keepalive = keepalive
         self.key_path = key_path
@@ -78,7 +81,8 @@ class SshConnection:
         pinned = known_hosts.pinned_types(self.instance.instance_id)
         if pinned:
             options.key_types = [kind for kind in options.key_types if kind in pinned] or options.key_types
-        handshake = ssh_errors(f"SSH handshake with {where} failed", host=self.address, hint=UNREACHABLE_HINT)
+        unreachable = self.face.unreachable_hint()
+        handshake = ssh_errors(f"SSH handshake with {where} failed", host=self.address, hint=unreachable)
         try:
             with handshake, refused_key(where, self.login, host=self.address):
                 transport.start_client(timeout=timeout)
@@ -100,8 +104,7 @@ class SshConnection:
             f"lost the connection to {self.instance.instance_id} ({self.address}): no answer for "
             f"{self.keepalive * 1.5:g} s",
             host=self.address,
-            hint="The instance may be down or unreachable: check it with `pymlsql list` or %ecs_list, "
-            "then run the step again.",
+            hint=self.face.unreachable_hint("run the step again"),
             reason=None,
             cleanup=self._transport.close,
         )
@@ -147,7 +150,7 @@ class SshConnection:
         finally:
             channel.close()
         if status == remote.NO_USER_STATUS and session.header.pid == 0:
-            raise remote.no_user_error(user, source, host=self.address)
+            raise remote.no_user_error(user, source, host=self.address, face=self.face)
         return status, session.stdout.text, session.stderr.text, session.truncated
 
     def _stage(self, script: str, user: str) -> str:
@@ -164,7 +167,7 @@ class SshConnection:
         finally:
             channel.close()
         if status == remote.NO_USER_STATUS:
-            raise remote.no_user_error(user, self.instance.instance_id, host=self.address)
+            raise remote.no_user_error(user, self.instance.instance_id, host=self.address, face=self.face)
         if status != 0 or not path:
             raise SshError(f"cannot stage the script on {self.instance.instance_id}: {problem}", host=self.address)
         return path

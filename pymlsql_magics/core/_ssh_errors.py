@@ -12,11 +12,6 @@ from ._errors import SshError
 # What paramiko and the socket under it raise when a connection cannot be made or breaks.
 FAILURES: tuple[type[Exception], ...] = (paramiko.SSHException, OSError, EOFError)
 
-UNREACHABLE_HINT = (
-    "The instance may be down, busy or unreachable: check it with `pymlsql list` or %ecs_list, then try again."
-)
-
-
 def os_reason(error: Exception) -> str:
     """The system's words for an OSError without its errno prefix; any other error as it is."""
     return (error.strerror if isinstance(error, OSError) else None) or str(error)

@@ -92,7 +92,7 @@ def upload(connection: SshConnection, source: str, target: str, *, user: str, pr
     finally:
         packer.close()
     if status != 0:
-        raise _failure(status, errors, instance_id, user, f"copying {source} to {instance_id}:{target}", broken)
+        raise _failure(status, errors, connection, user, f"copying {source} to {instance_id}:{target}", broken)
     if broken is not None:
         raise CopyError(f"copying {source} to {instance_id}:{target} failed: {broken}")
     progress(total, total)
@@ -107,7 +107,7 @@ def download(connection: SshConnection, source: str, target: str, *, user: str, 
     instance_id = connection.instance.instance_id
     status, output = connection.command(remote.probe(user, source))
     if status != 0:
-        raise _failure(status, output, instance_id, user, f"copying {instance_id}:{source}", None)
+        raise _failure(status, output, connection, user, f"copying {instance_id}:{source}", None)
     found = remote.parse_probe(output)
     name = found.path.rstrip("/").rsplit("/", 1)[-1]
     local_target = Path(target).expanduser()
@@ -260,10 +260,11 @@ def _read_all(stream: RemoteStream) -> bytes:
     return bytes(output)
 
 
-def _failure(status: int, errors: str, instance_id: str, user: str, what: str,
+def _failure(status: int, errors: str, connection: SshConnection, user: str, what: str,
              broken: BaseException | None) -> PymlsqlError:  # fmt: skip
+    instance_id = connection.instance.instance_id
     if status == remote.NO_USER_STATUS:
-        return remote.no_user_error(user, instance_id)
+        return remote.no_user_error(user, instance_id, face=connection.face)
     if (said := remote.complaint(errors)) is not None:
         return CopyError(f"{said} on {instance_id}", hint=remote.COPY_HINTS.get(status))
     lines = [line for line in errors.strip().splitlines() if line.strip()]
