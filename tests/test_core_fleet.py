@@ -517,17 +517,20 @@ def test_copy_to_an_existing_directory_places_the_source_under_it(
 def test_copy_from_gets_a_file_with_its_mode_and_reports_progress(
     fleet: Fleet, crew: list[Instance], tmp_path: Path
 ) -> None:
-    fleet.exec(crew[:1], "head -c 200000 /dev/zero > out.bin && chmod 604 out.bin", user="webuser")
+    # Larger than the stream's read size, so progress comes in steps however fast the data arrives.
+    size = 3_000_000
+    fleet.exec(crew[:1], f"head -c {size} /dev/zero > out.bin && chmod 604 out.bin", user="webuser")
     seen: list[tuple[str, int, int]] = []
 
     outcome = fleet.copy_from(crew[0], "out.bin", str(tmp_path), user="webuser",
                               progress=lambda iid, done, total: seen.append((iid, done, total)))  # fmt: skip
 
     local = tmp_path / "out.bin"
-    assert outcome.target == str(local) and (outcome.files, outcome.bytes) == (1, 200_000)
-    assert local.read_bytes() == bytes(200_000)
+    assert outcome.target == str(local) and (outcome.files, outcome.bytes) == (1, size)
+    assert local.read_bytes() == bytes(size)
     assert stat.S_IMODE(local.stat().st_mode) == 0o604
-    assert seen[-1] == (crew[0].instance_id, 200_000, 200_000) and len(seen) > 2
+    assert seen[-1] == (crew[0].instance_id, size, size) and len(seen) > 2
+    assert all(done < size for _, done, _ in seen[:2])
 
 
 def test_copy_from_to_a_new_name_renames_like_scp(fleet: Fleet, crew: list[Instance], tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ import socket
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import partial
-from typing import BinaryIO, TypeVar, cast
-
-import paramiko
+from typing import TYPE_CHECKING, BinaryIO, TypeVar, cast
 
 from ._ssh_errors import session_errors
+
+if TYPE_CHECKING:  # the channel comes from _ssh, the one place that opens connections
+    import paramiko
 
 T = TypeVar("T")
 

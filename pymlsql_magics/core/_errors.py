@@ -4,22 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._hinted import HintedError
+
 if TYPE_CHECKING:
     from ._results import FleetResult
 
 
-class PymlsqlError(Exception):
+class PymlsqlError(HintedError):
     """Base for every error raised on purpose by pymlsql_magics."""
 
     exit_code = 1
-
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-    def __str__(self) -> str:
-        message = super().__str__()
-        return f"{message}\nHint: {self.hint}" if self.hint else message
 
     def add_outcome(self, outcome: str) -> None:
         """Adds what was done about the failure (say, released what it created) to the message."""

@@ -3,8 +3,9 @@
 Large streams go through the OpenSSH client when it is installed: its C packet handling and
 AES-GCM move more bytes per second than paramiko can on the same CPU. It checks
 the host key against the key this tool pinned (HostKeyAlias = instance id, StrictHostKeyChecking)
-and uses the same private key. Without it, or for small streams (a handshake costs more than the
-data), the stream is an exec channel of the connection already open.
+and uses the same private key and the same algorithms (see _algorithms, one policy for both
+clients). Without it, or for small streams (a handshake costs more than the data), the stream is an
+exec channel of the connection already open.
 """
 
 from __future__ import annotations

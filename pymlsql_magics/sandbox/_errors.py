@@ -12,17 +12,11 @@ server, which answers them to the client as Alibaba Cloud would.
 
 from __future__ import annotations
 
+from .._hinted import HintedError
 
-class SandboxError(Exception):
+
+class SandboxError(HintedError):
     """Base for every error the sandbox raises on purpose; the faces catch this one type."""
-
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-    def __str__(self) -> str:
-        message = super().__str__()
-        return f"{message}\nHint: {self.hint}" if self.hint else message
 
 
 # The second bases are the built-in ones these errors had before they shared a root, so an
