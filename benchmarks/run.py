@@ -73,9 +73,13 @@ def _openssh_options(key: Path) -> list[str]:
             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]  # fmt: skip
 
 
+# The references dial what the tool dials from this machine, outside the instances' VPC: their
+# public addresses, so each row compares two clients on one path.
+
+
 def _openssh_parallel(instances: list[Instance], key: Path, command: str) -> float:
     options = " ".join(_openssh_options(key))
-    script = " ".join(f"ssh {options} root@{i.private_ip} '{command}' &" for i in instances)
+    script = " ".join(f"ssh {options} root@{i.public_ip} '{command}' &" for i in instances)
     started = time.perf_counter()
     subprocess.run(["bash", "-c", f"{script} wait"], check=True)
     return time.perf_counter() - started
@@ -90,14 +94,14 @@ def _openssh_multiplexed(instances: list[Instance], key: Path, command: str, rep
         try:
             for i in instances:
                 master = ["-o", "ControlMaster=yes", "-o", "ControlPersist=yes", "-f", "-N"]
-                subprocess.run(["ssh", *options, *via[i.instance_id], *master, f"root@{i.private_ip}"], check=True)
-            script = " ".join(f"ssh {' '.join(options + via[i.instance_id])} root@{i.private_ip} '{command}' &"
+                subprocess.run(["ssh", *options, *via[i.instance_id], *master, f"root@{i.public_ip}"], check=True)
+            script = " ".join(f"ssh {' '.join(options + via[i.instance_id])} root@{i.public_ip} '{command}' &"
                               for i in instances)  # fmt: skip
             subprocess.run(["bash", "-c", f"{script} wait"], check=True)  # each connection's first session
             return _median_of(repeats, lambda _: subprocess.run(["bash", "-c", f"{script} wait"], check=True))
         finally:
             for i in instances:
-                subprocess.run(["ssh", *options, *via[i.instance_id], "-O", "exit", f"root@{i.private_ip}"],
+                subprocess.run(["ssh", *options, *via[i.instance_id], "-O", "exit", f"root@{i.public_ip}"],
                                capture_output=True)  # fmt: skip
 
 
@@ -207,7 +211,7 @@ def _wait_for_disks_removed(state: Path, instances: list[Instance]) -> None:
 
 
 def _copy_rows(fleet: Fleet, instance: Instance, key: Path, work: Path, sizes: Sizes) -> list[Row]:
-    host = f"root@{instance.private_ip}"
+    host = f"root@{instance.public_ip}"
     big = work / "big.bin"
     with big.open("wb") as out:
         for _ in range(sizes.big_file // _MiB):

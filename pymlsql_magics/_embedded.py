@@ -39,6 +39,7 @@ def in_sandbox(config: EcsConfig, info: SandboxInfo) -> EcsConfig:
         access_key_id=info.access_key_id,
         access_key_secret=info.access_key_secret,
         credentials_source=CredentialsSource.SANDBOX,
+        metadata_endpoint="off",
     )
 
 

@@ -30,13 +30,16 @@ from .core import (
     PymlsqlError,
     launch_spec,
     naming,
+    network_as_json,
+    network_line,
     parse_flag,
     parse_pairs,
     start_arguments,
 )
 from .sandbox import SandboxError
 
-_FACE = Face(list="pymlsql list", reuse="pymlsql start --instance-id {instance_id}", user_flag="--execute-user")
+_FACE = Face(list="pymlsql list", reuse="pymlsql start --instance-id {instance_id}", user_flag="--execute-user",
+             networks="pymlsql network list")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", parents=[common], help="list the instances this tool created")
     listing.add_argument("--name", help="only those of this name")
     listing.add_argument("--output", choices=["text", "json"], default="text")
+    _add_network(commands, common)
     sandbox.add_commands(commands)
     return parser
 
@@ -134,6 +138,18 @@ def _add_copies(commands: argparse._SubParsersAction[_Parser], common: _Parser, 
         copy.add_argument("--target", required=True, help="where to put it")
 
 
+def _add_network(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
+    network = commands.add_parser("network", help="show or delete the VPC, vSwitches and group this tool made",
+                                  description="A start without --vswitch-id / --security-group uses the network "
+                                  "this tool made in the region, or makes it. It costs nothing while idle and "
+                                  "stays after `stop`; `network delete` removes it.")  # fmt: skip
+    actions = network.add_subparsers(dest="network_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", parents=[common], help="what this tool made, and the instances in it")
+    listing.add_argument("--output", choices=["text", "json"], default="text")
+    delete = actions.add_parser("delete", parents=[common], help="delete it; refused while instances use it")
+    delete.add_argument("--vpc-id", metavar="ID", help="only what this tool made in this VPC")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -166,6 +182,7 @@ def _run(args: argparse.Namespace) -> int:
             "copy-from-local": _copy_from_local,
             "copy-to-local": _copy_to_local,
             "list": _list,
+            "network": _network,
         }[args.command]
         return handler(fleet, args)
 
@@ -291,6 +308,22 @@ def _list(fleet: Fleet, args: argparse.Namespace) -> int:
         name = instance.tags.get("pymlsql:name", "-")
         print(f"{instance.instance_id}  {instance.status:<8}  {name:<16}  {instance.private_ip:<15}  "
               f"{instance.public_ip or '-'}")  # fmt: skip
+    return 0
+
+
+def _network(fleet: Fleet, args: argparse.Namespace) -> int:
+    if args.network_command == "delete":
+        deleted = fleet.delete_networks(args.vpc_id)
+        _say(f"deleted {len(deleted)} network resource(s)" if deleted else "this tool has no network to delete")
+        return 0
+    networks = fleet.networks()
+    if args.output == "json":
+        print(json.dumps([network_as_json(network) for network in networks], indent=2))
+        return 0
+    for network in networks:
+        print(network_line(network))
+    if not networks:
+        _say("this tool has made no network in this region yet")
     return 0
 
 

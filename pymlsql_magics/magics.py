@@ -39,15 +39,18 @@ from .core import (
     LogSink,
     PymlsqlError,
     TeeSink,
+    ToolNetwork,
     launch_spec,
     naming,
+    network_line,
     parse_pairs,
     start_arguments,
 )
 from .sandbox import SandboxError, default_state_dir
 from .widgets import CopyView, ExecView, StartView, has_widget_frontend
 
-_FACE = Face(list="%ecs_list", reuse="%ecs_start --instance-id {instance_id}", user_flag="--user")
+_FACE = Face(list="%ecs_list", reuse="%ecs_start --instance-id {instance_id}", user_flag="--user",
+             networks="%ecs_network list")  # fmt: skip
 _REMOTE = re.compile(r"^(?P<target>[A-Za-z_][\w.\-]*|i-[\w]+):(?P<path>.*)$")
 
 
@@ -313,6 +316,30 @@ class EcsMagics(Magics, Settings):
         args = _parse(self.ecs_list, line)
         with _as_usage_error():
             return InstanceList(self._session().find(args.name))
+
+    @line_magic
+    @magic_arguments()
+    @argument("command", choices=["list", "delete"], help="Show, or delete, the network this tool made.")
+    @argument("--vpc-id", help="delete: only what this tool made in this VPC.")
+    def ecs_network(self, line: str) -> list[ToolNetwork] | None:
+        """The VPC, vSwitches and security group %ecs_start made (it makes them when given none).
+
+        They cost nothing while idle and stay after %ecs_stop; `delete` removes them, refused
+        while instances use them.
+        """
+        args = _parse(self.ecs_network, line)
+        with _as_usage_error():
+            fleet = self._session()
+            if args.command == "delete":
+                deleted = fleet.delete_networks(args.vpc_id)
+                print(f"deleted {len(deleted)} network resource(s)" if deleted else "no network to delete")
+                return None
+            networks = fleet.networks()
+            for network in networks:
+                print(network_line(network))
+            if not networks:
+                print("this tool has made no network in this region yet")
+            return networks
 
     @line_magic
     @magic_arguments()

@@ -24,6 +24,7 @@ _USER_SETTINGS = (
     "ALIBABA_CLOUD_CREDENTIALS_FILE",
     "PYMLSQL_ECS_ENDPOINT",
     "PYMLSQL_SANDBOX_DIR",
+    "PYMLSQL_METADATA_ENDPOINT",
     "AK",
     "AKS",
     "MLSQL_KEY_PARE_NAME",
@@ -42,6 +43,8 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     for name in _USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    # Whatever machine runs the tests, no test may send a packet to a metadata service.
+    monkeypatch.setenv("PYMLSQL_METADATA_ENDPOINT", "off")
 
 
 @pytest.fixture(scope="session")

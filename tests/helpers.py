@@ -8,14 +8,18 @@ import os
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_ecs20140526.client import Client
 from alibabacloud_tea_openapi.models import Config
+from alibabacloud_vpc20160428 import models as vpc
+from alibabacloud_vpc20160428.client import Client as VpcClient
 from IPython.core.interactiveshell import InteractiveShell
 
 from pymlsql_magics.sandbox import Sandbox
@@ -28,17 +32,95 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{next(_counter)}"
 
 
-def new_client(sandbox: Sandbox, *, key_id: str | None = None, secret: str | None = None) -> Client:
-    """The official SDK client, configured as a user would for an HTTP endpoint."""
-    return Client(
-        Config(
-            access_key_id=key_id or sandbox.access_key_id,
-            access_key_secret=secret or sandbox.access_key_secret,
-            endpoint=sandbox.endpoint.removeprefix("http://"),
-            protocol="http",
-            region_id=sandbox.region_id,
-        )
+def _sdk_config(sandbox: Sandbox, key_id: str | None = None, secret: str | None = None) -> Config:
+    return Config(
+        access_key_id=key_id or sandbox.access_key_id,
+        access_key_secret=secret or sandbox.access_key_secret,
+        endpoint=sandbox.endpoint.removeprefix("http://"),
+        protocol="http",
+        region_id=sandbox.region_id,
     )
+
+
+_sandbox_of: weakref.WeakKeyDictionary[Client, Sandbox] = weakref.WeakKeyDictionary()
+
+
+def new_client(sandbox: Sandbox, *, key_id: str | None = None, secret: str | None = None) -> Client:
+    """The official ECS SDK client, configured as a user would for an HTTP endpoint."""
+    client = Client(_sdk_config(sandbox, key_id, secret))
+    _sandbox_of[client] = sandbox
+    return client
+
+
+def new_vpc_client(sandbox: Sandbox) -> VpcClient:
+    """The official VPC SDK client (VPCs, vSwitches), at the same endpoint."""
+    return VpcClient(_sdk_config(sandbox))
+
+
+@dataclass(frozen=True)
+class SdkNetwork:
+    vpc_id: str
+    vswitch_id: str
+    security_group_id: str
+    zone_id: str
+
+
+_networks: dict[tuple[str, str, str], SdkNetwork] = {}
+
+
+def sdk_network(sandbox: Sandbox, region: str | None = None, *, zone: str | None = None) -> SdkNetwork:
+    """The tests' network in `sandbox`, made once per sandbox, region and zone (default: the first)."""
+    region = region or sandbox.region_id
+    zone = zone or f"{region}-h"
+    key = (sandbox.endpoint, region, zone)
+    if key not in _networks:
+        _networks[key] = make_network(new_client(sandbox), new_vpc_client(sandbox), region, zone=zone)
+    return _networks[key]
+
+
+def make_network(client: Client, vpcs: VpcClient, region: str, *, zone: str | None = None,
+                 ssh_from: str = "0.0.0.0/0") -> SdkNetwork:  # fmt: skip
+    """A VPC, a vSwitch and a group letting SSH in, made through the SDKs as their users would: where
+    tests that call RunInstances themselves put their instances."""
+    vpc_id = vpcs.create_vpc(vpc.CreateVpcRequest(region_id=region, vpc_name="tests")).body.vpc_id
+
+    def vpc_ready() -> Any:
+        found = vpcs.describe_vpcs(vpc.DescribeVpcsRequest(region_id=region, vpc_id=vpc_id)).body.vpcs.vpc
+        return found[0] if found and found[0].status == "Available" else None
+
+    cidr = wait_for(vpc_ready, what=f"{vpc_id} to be Available").cidr_block
+    zone = zone or f"{region}-h"
+    first_block = cidr.replace("0.0/16", "0.0/20")
+    vswitch_id = vpcs.create_vswitch(vpc.CreateVSwitchRequest(region_id=region, vpc_id=vpc_id, zone_id=zone,
+                                                              cidr_block=first_block)).body.v_switch_id  # fmt: skip
+
+    def vswitch_ready() -> bool:
+        request = vpc.DescribeVSwitchesRequest(region_id=region, v_switch_id=vswitch_id)
+        found = vpcs.describe_vswitches(request).body.v_switches.v_switch
+        return bool(found) and found[0].status == "Available"
+
+    wait_for(vswitch_ready, what=f"{vswitch_id} to be Available")
+    group_id = client.create_security_group(
+        ecs.CreateSecurityGroupRequest(region_id=region, vpc_id=vpc_id, security_group_name="tests")
+    ).body.security_group_id
+    ssh = ecs.AuthorizeSecurityGroupRequestPermissions(ip_protocol="TCP", port_range="22/22", source_cidr_ip=ssh_from)
+    client.authorize_security_group(
+        ecs.AuthorizeSecurityGroupRequest(region_id=region, security_group_id=group_id, permissions=[ssh])
+    )
+    return SdkNetwork(vpc_id, vswitch_id, group_id, zone)
+
+
+def shared_network(client: Client, region: str) -> SdkNetwork:
+    """The tests' network in the sandbox `client` talks to."""
+    return sdk_network(_sandbox_of[client], region)
+
+
+def placed(client: Client, region: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` of a RunInstances or CreateInstance request, in the tests' network unless they name one."""
+    if "v_switch_id" in fields:
+        return fields
+    network = shared_network(client, region)
+    return {"v_switch_id": network.vswitch_id, "security_group_id": network.security_group_id, **fields}
 
 
 def wait_for(check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
@@ -70,6 +152,11 @@ def wait_status(client: Client, region: str, ids: list[str], status: str, timeou
     return wait_for(reached, timeout=timeout, interval=0.1, what=f"{ids} to be {status}")
 
 
+def create_request(client: Client, region: str, **fields: Any) -> ecs.CreateInstanceRequest:
+    """A CreateInstance request in the tests' network unless `fields` name one."""
+    return ecs.CreateInstanceRequest(region_id=region, **placed(client, region, fields))
+
+
 def run(
     client: Client,
     region: str,
@@ -80,7 +167,8 @@ def run(
     **fields: Any,
 ) -> list[str]:
     """RunInstances through the SDK; the ids are recorded in `launched` for release."""
-    request = ecs.RunInstancesRequest(region_id=region, image_id=image_id, instance_type=instance_type, **fields)
+    request = ecs.RunInstancesRequest(region_id=region, image_id=image_id, instance_type=instance_type,
+                                      **placed(client, region, fields))  # fmt: skip
     ids = client.run_instances(request).body.instance_id_sets.instance_id_set
     launched.extend(ids)
     return ids
@@ -152,7 +240,8 @@ PYMLSQL = str(BIN / "pymlsql")
 
 def environment(sandbox: Sandbox | None, home: Path, **extra: str) -> dict[str, str]:
     """What a user's shell would have: the venv first on PATH, a HOME, the sandbox's variables."""
-    env = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(home), "LANG": "C.UTF-8"}
+    env = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HOME": str(home), "LANG": "C.UTF-8",
+           "PYMLSQL_METADATA_ENDPOINT": "off"}  # fmt: skip
     if sandbox is not None:
         env.update(sandbox.environment())
     env.update(extra)

@@ -157,7 +157,9 @@ def _start_table_shows_running_instances_with_addresses(page: NotebookPage, inde
     assert len(shown["rows"]) == 2, shown["rows"]
     for instance_id, status, private_ip, public_ip, ssh in shown["rows"]:
         assert instance_id.startswith("i-") and status == "Running" and ssh == "ready", shown["rows"]
-        assert re.fullmatch(r"127\.\d+\.\d+\.\d+", private_ip) and public_ip == "-", shown["rows"]
+        # Started from this machine, outside their VPC, they get the public addresses that reach them.
+        assert re.fullmatch(r"127\.\d+\.\d+\.\d+", private_ip), shown["rows"]
+        assert re.fullmatch(r"127\.\d+\.\d+\.\d+", public_ip) and public_ip != private_ip, shown["rows"]
     state["ids"] = [row[0] for row in shown["rows"]]
     # The cell's value, the fleet, names each instance's hostname.
     state["hostnames"] = {row[0]: row[5] for row in shown["results"]}

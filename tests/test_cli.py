@@ -18,7 +18,18 @@ from pymlsql_magics.sandbox import Sandbox
 from pymlsql_magics.sandbox import stop as stop_sandbox
 
 from .conftest import FAST
-from .helpers import describe, environment, error_lines, hinted_error, new_client, pymlsql, requests_since, ssh, unique
+from .helpers import (
+    describe,
+    environment,
+    error_lines,
+    hinted_error,
+    new_client,
+    pymlsql,
+    requests_since,
+    sdk_network,
+    ssh,
+    unique,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 WEBUSER_IMAGE = "m-sandbox-webuser"
@@ -43,7 +54,7 @@ def master(sandbox: Sandbox, env: dict[str, str]) -> Iterator[dict[str, Any]]:
     began = time.time()
     done = pymlsql(env, "start", "--image-id", WEBUSER_IMAGE, "--instance-type", "ecs.g7.large",
                    "--key-pair-name", key, "--init-ssh-key", "true", "--need-public-ip", "true",
-                   "--security-group", "sg-sandbox-default", "--name", name, "--tag", "team=cli",
+                   "--security-group", sdk_network(sandbox).security_group_id, "--name", name, "--tag", "team=cli",
                    "--tag", "stage=test", "--ttl", "2h")  # fmt: skip
     assert done.returncode == 0, done.stderr
     match = SEED_LINES.fullmatch(done.stdout)
@@ -55,7 +66,8 @@ def master(sandbox: Sandbox, env: dict[str, str]) -> Iterator[dict[str, Any]]:
 
 
 def root_ssh(master: dict[str, Any], command: str) -> subprocess.CompletedProcess[str]:
-    return ssh(master["intern"], master["key_path"], command)
+    # This machine is outside the instance's VPC: its public address is the one that reaches it.
+    return ssh(master["public"], master["key_path"], command)
 
 
 # -- start ---------------------------------------------------------------------------------
@@ -85,7 +97,7 @@ def test_start_flags_reach_ecs(sandbox: Sandbox, master: dict[str, Any]) -> None
         "pymlsql:created-by": "pymlsql",
     }
     assert (item.instance_type, item.key_pair_name) == ("ecs.g7.large", master["key"])
-    assert item.security_group_ids.security_group_id == ["sg-sandbox-default"]
+    assert item.security_group_ids.security_group_id == [sdk_network(sandbox).security_group_id]
     assert item.public_ip_address.ip_address == [master["public"]]
     released = datetime.strptime(item.auto_release_time, "%Y-%m-%dT%H:%MZ").replace(tzinfo=timezone.utc)
     assert abs(released.timestamp() - (master["began"] + 7200)) <= 90
@@ -136,10 +148,11 @@ def test_key_pair_name_falls_back_to_mlsql_key_pare_name(env: dict[str, str], ma
 
 
 def test_start_passes_every_launch_flag_and_region(sandbox: Sandbox, env: dict[str, str], tmp_path: Path) -> None:
+    vswitch_id = sdk_network(sandbox, "cn-shanghai", zone="cn-shanghai-k").vswitch_id
     user_data = tmp_path / "user-data.sh"
     user_data.write_text("#!/bin/sh\necho hello\n")
     done = pymlsql(env, "start", "--region", "cn-shanghai", "--image-id", DEBIAN, "--instance-type", "ecs.c7.large",
-                   "--zone", "cn-shanghai-k", "--vswitch", "vsw-sandbox-default", "--spot-strategy",
+                   "--zone", "cn-shanghai-k", "--vswitch", vswitch_id, "--spot-strategy",
                    "SpotWithPriceLimit", "--system-disk-size", "50", "--system-disk-category", "cloud_ssd",
                    "--user-data-file", str(user_data), "--start-timeout", "60", "--count", "2")  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -148,7 +161,7 @@ def test_start_passes_every_launch_flag_and_region(sandbox: Sandbox, env: dict[s
     try:
         items = describe(new_client(sandbox), "cn-shanghai", ids)
         assert {(i.instance_type, i.zone_id, i.spot_strategy, i.vpc_attributes.v_switch_id) for i in items} == {
-            ("ecs.c7.large", "cn-shanghai-k", "SpotWithPriceLimit", "vsw-sandbox-default")
+            ("ecs.c7.large", "cn-shanghai-k", "SpotWithPriceLimit", vswitch_id)
         }
         kept = [sandbox.world.instances[i] for i in ids]
         assert {(k.system_disk_size, k.system_disk_category, k.user_data) for k in kept} == {
@@ -362,8 +375,8 @@ def test_copy_to_local_from_two_instances_puts_each_copy_in_its_own_folder(
         done = pymlsql(env, "copy-to-local", "--instance-id", *ids, "--source", "/etc/hostname",
                        "--target", str(tmp_path))  # fmt: skip
         assert done.returncode == 0, done.stderr
-        names = {instance_id: root_ssh({**master, "intern": ip}, "hostname").stdout
-                 for instance_id, ip in ((master["id"], master["intern"]), (other[0], other[2]))}  # fmt: skip
+        names = {instance_id: root_ssh({**master, "public": ip}, "hostname").stdout
+                 for instance_id, ip in ((master["id"], master["public"]), (other[0], other[1]))}  # fmt: skip
         assert sorted(path.name for path in tmp_path.iterdir()) == sorted(ids)
         for instance_id in ids:
             assert (tmp_path / instance_id / "hostname").read_text() == names[instance_id]

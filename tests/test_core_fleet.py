@@ -35,7 +35,7 @@ from pymlsql_magics.core import (
 from pymlsql_magics.sandbox import Sandbox
 
 from .conftest import FAST
-from .helpers import describe, new_client, ssh, unique, wait_for
+from .helpers import describe, new_client, sdk_network, ssh, unique, wait_for
 
 WEBUSER_IMAGE = "m-sandbox-webuser"
 DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
@@ -120,6 +120,7 @@ def crew_start(sandbox: Sandbox, fleet: Fleet) -> Iterator[dict[str, Any]]:
     mark = len(sandbox.log()["requests"])
     tokens = set(sandbox.world.client_tokens)
     name, key = unique("crew"), unique("crew-key")
+    network = sdk_network(sandbox, zone="cn-hangzhou-i")
     began = time.time()
     instances = fleet.start(
         image_id=WEBUSER_IMAGE,
@@ -129,9 +130,11 @@ def crew_start(sandbox: Sandbox, fleet: Fleet) -> Iterator[dict[str, Any]]:
         key_pair_name=key,
         init_ssh_key=True,
         need_public_ip=True,
-        security_group="sg-sandbox-default",
-        vswitch_id="vsw-sandbox-default",
+        bandwidth=25,
+        security_group=network.security_group_id,
+        vswitch_id=network.vswitch_id,
         zone="cn-hangzhou-i",
+        ssh_source_cidr="203.0.113.0/24",  # a group opening SSH to all opens it to these too
         tags={"team": "data"},
         user_data=USER_DATA,
         spot_strategy="SpotAsPriceGo",
@@ -146,6 +149,7 @@ def crew_start(sandbox: Sandbox, fleet: Fleet) -> Iterator[dict[str, Any]]:
         "began": began,
         "requests": requests_since(sandbox, mark),
         "tokens": set(sandbox.world.client_tokens) - tokens,
+        "network": network,
     }
     fleet.stop(instances)
 
@@ -188,8 +192,10 @@ def test_start_passes_every_launch_option_to_ecs(sandbox: Sandbox, crew_start: d
         assert item.instance_type == "ecs.r5.large"
         assert item.image_id == WEBUSER_IMAGE
         assert item.zone_id == "cn-hangzhou-i"
-        assert item.security_group_ids.security_group_id == ["sg-sandbox-default"]
-        assert item.vpc_attributes.v_switch_id == "vsw-sandbox-default"
+        assert item.security_group_ids.security_group_id == [crew_start["network"].security_group_id]
+        assert item.vpc_attributes.v_switch_id == crew_start["network"].vswitch_id
+        assert item.vpc_attributes.vpc_id == crew_start["network"].vpc_id
+        assert item.internet_max_bandwidth_out == 25
         assert item.spot_strategy == "SpotAsPriceGo"
         assert item.key_pair_name == crew_start["key"]
         assert item.public_ip_address.ip_address
@@ -417,11 +423,13 @@ def test_exec_leaves_no_temporary_script(fleet: Fleet, crew: list[Instance]) -> 
 def test_exec_reuses_one_ssh_connection_per_instance(fleet: Fleet, crew: list[Instance]) -> None:
     target = crew[0]
     first = fleet.exec([target], 'echo "$SSH_CONNECTION"')[target.instance_id]
-    connection = fleet._connections[(target.instance_id, False)]
+    # From outside the instance's VPC (this machine), the public address is the one dialed.
+    connection = fleet._connections[(target.instance_id, True)]
     second = fleet.exec([target], 'echo "$SSH_CONNECTION"')[target.instance_id]
 
-    assert fleet._connections[(target.instance_id, False)] is connection
+    assert fleet._connections[(target.instance_id, True)] is connection
     assert first.stdout == second.stdout and first.stdout.strip()  # type: ignore[attr-defined]
+    assert first.stdout.split()[2] == target.public_ip  # type: ignore[attr-defined]
 
 
 def test_exec_runs_instances_in_parallel(fleet: Fleet, crew: list[Instance]) -> None:

@@ -22,7 +22,7 @@ from pymlsql_magics.core import EcsConfig, ExecResult, Fleet, FleetError, HostKe
 from pymlsql_magics.sandbox import Sandbox
 
 from .conftest import FAST
-from .helpers import PYMLSQL, environment, hinted_error, pymlsql, unique, wait_for
+from .helpers import PYMLSQL, environment, hinted_error, pymlsql, sdk_network, unique, wait_for
 from .test_magics_kernel import execute
 
 DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
@@ -294,9 +294,11 @@ def test_an_interrupted_start_releases_what_it_created_and_stop_all_finds_the_re
     wait_for(lambda: ids_named(cleared, name) == [], timeout=30, what="the release")
 
     # A start interrupted too early to know its instances: they carry the tool's tag all the same.
+    network = sdk_network(cleared)
     orphans = fleet_for(cleared, Path(env["HOME"])).ecs.run_instances(
-        LaunchSpec(image_id=DEBIAN, instance_type="ecs.g7.large", name=name), amount=1,
-        client_token=unique("token"), tags={"pymlsql:created-by": "pymlsql"},
+        LaunchSpec(image_id=DEBIAN, instance_type="ecs.g7.large", name=name, vswitch_id=network.vswitch_id,
+                   security_group=network.security_group_id),
+        amount=1, client_token=unique("token"), tags={"pymlsql:created-by": "pymlsql"},
     )  # fmt: skip
     cleared.fault({"clear": True})
     done = pymlsql(env, "stop", "--all")

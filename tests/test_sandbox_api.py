@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pymlsql_magics.sandbox import Sandbox
 
-from .helpers import api_error, describe, run, unique, wait_for, wait_status
+from .helpers import api_error, create_request, describe, run, shared_network, unique, wait_for, wait_status
 
 DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
 WEBUSER_IMAGE = "m-sandbox-webuser"
@@ -265,6 +265,8 @@ def test_delete_key_pairs_removes_them(client: Client, region: str) -> None:
 
 
 def create_group(client: Client, region: str, **fields: Any) -> str:
+    """A group in the tests' VPC, unless `fields` name another."""
+    fields.setdefault("vpc_id", shared_network(client, region).vpc_id)
     request = ecs.CreateSecurityGroupRequest(region_id=region, security_group_name=unique("web"), **fields)
     group_id = client.create_security_group(request).body.security_group_id
     assert group_id.startswith("sg-")
@@ -288,15 +290,15 @@ def test_created_security_group_is_described_by_id(client: Client, region: str) 
 
 
 def test_describe_security_groups_accepts_a_json_array_of_ids(client: Client, region: str) -> None:
-    first, second, third = (create_group(client, region) for _ in range(3))
+    first, second, third, fourth = (create_group(client, region) for _ in range(4))
 
-    found = groups(client, region, security_group_ids=json.dumps([first, third, "sg-sandbox-default"]))
+    found = groups(client, region, security_group_ids=json.dumps([first, third, fourth]))
 
-    assert {group.security_group_id for group in found} == {first, third, "sg-sandbox-default"}
+    assert {group.security_group_id for group in found} == {first, third, fourth}
     assert second not in {group.security_group_id for group in found}
 
 
-def test_authorize_security_group_records_every_permission(sandbox: Sandbox, client: Client, region: str) -> None:
+def test_authorize_security_group_records_every_permission(client: Client, region: str) -> None:
     group_id = create_group(client, region)
     permissions = [
         ecs.AuthorizeSecurityGroupRequestPermissions(
@@ -311,13 +313,19 @@ def test_authorize_security_group_records_every_permission(sandbox: Sandbox, cli
         ecs.AuthorizeSecurityGroupRequest(region_id=region, security_group_id=group_id, permissions=permissions)
     )
 
-    rules = sandbox.log()["security_groups"][group_id]
-    assert [(rule["IpProtocol"], rule["PortRange"], rule["SourceCidrIp"]) for rule in rules] == [
-        ("TCP", "22/22", "0.0.0.0/0"),
-        ("tcp", "8888/8890", "10.0.0.0/8"),
+    rules = group_rules(client, region, group_id)
+    assert [(rule.ip_protocol, rule.port_range, rule.source_cidr_ip, rule.policy) for rule in rules] == [
+        ("TCP", "22/22", "0.0.0.0/0", "Accept"),
+        ("TCP", "8888/8890", "10.0.0.0/8", "Accept"),
     ]
-    assert rules[1]["Description"] == "jupyter"
+    assert rules[1].description == "jupyter"
+    assert all(rule.security_group_rule_id.startswith("sgr-") and rule.direction == "ingress" for rule in rules)
     assert groups(client, region, security_group_id=group_id)[0].rule_count == 2
+
+
+def group_rules(client: Client, region: str, group_id: str) -> list[Any]:
+    request = ecs.DescribeSecurityGroupAttributeRequest(region_id=region, security_group_id=group_id)
+    return client.describe_security_group_attribute(request).body.permissions.permission
 
 
 def test_instance_joins_the_security_group_it_is_launched_in(client: Client, region: str, launched: list[str]) -> None:
@@ -418,7 +426,7 @@ def test_client_token_does_not_link_different_tokens(client: Client, region: str
 def test_create_instance_ends_stopped_after_pending(
     sandbox: Sandbox, client: Client, region: str, launched: list[str]
 ) -> None:
-    request = ecs.CreateInstanceRequest(region_id=region, image_id=DEBIAN, instance_type="ecs.r5.large")
+    request = create_request(client, region, image_id=DEBIAN, instance_type="ecs.r5.large")
     started = time.monotonic()
     instance_id = client.create_instance(request).body.instance_id
     launched.append(instance_id)
@@ -436,8 +444,8 @@ def test_create_instance_ends_stopped_after_pending(
 
 def test_create_instance_honours_client_token(client: Client, region: str, launched: list[str]) -> None:
     token = unique("token")
-    request = ecs.CreateInstanceRequest(
-        region_id=region, image_id=DEBIAN, instance_type="ecs.g7.large", client_token=token
+    request = create_request(
+        client, region, image_id=DEBIAN, instance_type="ecs.g7.large", client_token=token
     )
 
     first = client.create_instance(request).body.instance_id
@@ -451,8 +459,8 @@ def test_create_instance_honours_client_token(client: Client, region: str, launc
 def test_allocate_public_ip_address_gives_a_created_instance_an_address(
     client: Client, region: str, launched: list[str]
 ) -> None:
-    request = ecs.CreateInstanceRequest(
-        region_id=region, image_id=DEBIAN, instance_type="ecs.g7.large", internet_max_bandwidth_out=10
+    request = create_request(
+        client, region, image_id=DEBIAN, instance_type="ecs.g7.large", internet_max_bandwidth_out=10
     )
     instance_id = client.create_instance(request).body.instance_id
     launched.append(instance_id)
@@ -469,7 +477,7 @@ def test_allocate_public_ip_address_gives_a_created_instance_an_address(
 
 
 def test_allocate_public_ip_address_needs_outbound_bandwidth(client: Client, region: str, launched: list[str]) -> None:
-    request = ecs.CreateInstanceRequest(region_id=region, image_id=DEBIAN, instance_type="ecs.g7.large")
+    request = create_request(client, region, image_id=DEBIAN, instance_type="ecs.g7.large")
     instance_id = client.create_instance(request).body.instance_id
     launched.append(instance_id)
     wait_status(client, region, [instance_id], "Stopped")
@@ -499,8 +507,8 @@ def test_describe_instances_filters(client: Client, region: str, launched: list[
             ecs.RunInstancesRequestTag(key=f"web-{group}", value="anything"),
         ],
     )
-    create = ecs.CreateInstanceRequest(
-        region_id=region,
+    create = create_request(
+        client, region,
         image_id=DEBIAN,
         instance_type="ecs.ic5.large",
         instance_name=f"db-{group}",
@@ -580,7 +588,7 @@ def test_describe_instances_pages_by_page_number_and_by_next_token(
 
 def test_describe_instance_status_reports_each_instance(client: Client, region: str, launched: list[str]) -> None:
     ids = run(client, region, launched=launched, amount=2)
-    create = ecs.CreateInstanceRequest(region_id=region, image_id=DEBIAN, instance_type="ecs.g7.large")
+    create = create_request(client, region, image_id=DEBIAN, instance_type="ecs.g7.large")
     stopped = client.create_instance(create).body.instance_id
     launched.append(stopped)
     wait_status(client, region, ids, "Running")

@@ -19,24 +19,45 @@ import json, os, subprocess, sys, time
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_ecs20140526.client import Client
 from alibabacloud_tea_openapi.models import Config
+from alibabacloud_vpc20160428 import models as vpc
+from alibabacloud_vpc20160428.client import Client as VpcClient
 scheme, _, host = os.environ["PYMLSQL_ECS_ENDPOINT"].partition("://")
 region = os.environ["ALIBABA_CLOUD_REGION_ID"]
-client = Client(Config(access_key_id=os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"],
-    access_key_secret=os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"], endpoint=host, protocol=scheme))
+config = Config(access_key_id=os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"],
+    access_key_secret=os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"], endpoint=host, protocol=scheme)
+client, vpcs = Client(config), VpcClient(config)
+# A network, as on Alibaba Cloud: a VPC, a vSwitch in one zone, a group that lets SSH in.
+vpc_id = vpcs.create_vpc(vpc.CreateVpcRequest(region_id=region)).body.vpc_id
+while True:
+    (found,) = vpcs.describe_vpcs(vpc.DescribeVpcsRequest(region_id=region, vpc_id=vpc_id)).body.vpcs.vpc
+    if found.status == "Available":
+        break
+    time.sleep(0.1)
+vswitch_id = vpcs.create_vswitch(vpc.CreateVSwitchRequest(region_id=region, vpc_id=vpc_id, zone_id=region + "-h",
+    cidr_block=found.cidr_block.replace("/16", "/24"))).body.v_switch_id
+while vpcs.describe_vswitches(vpc.DescribeVSwitchesRequest(region_id=region,
+        v_switch_id=vswitch_id)).body.v_switches.v_switch[0].status != "Available":
+    time.sleep(0.1)
+group_id = client.create_security_group(ecs.CreateSecurityGroupRequest(region_id=region,
+    vpc_id=vpc_id)).body.security_group_id
+client.authorize_security_group(ecs.AuthorizeSecurityGroupRequest(region_id=region, security_group_id=group_id,
+    permissions=[ecs.AuthorizeSecurityGroupRequestPermissions(ip_protocol="TCP", port_range="22/22",
+                                                              source_cidr_ip="0.0.0.0/0")]))
 pair = client.create_key_pair(ecs.CreateKeyPairRequest(region_id=region, key_pair_name="cli-key")).body
 key = sys.argv[1]
 with open(key, "w") as f:
     f.write(pair.private_key_body)
 os.chmod(key, 0o600)
 ids = client.run_instances(ecs.RunInstancesRequest(region_id=region, image_id="m-sandbox-webuser",
-    instance_type="ecs.g7.large", key_pair_name="cli-key")).body.instance_id_sets.instance_id_set
+    instance_type="ecs.g7.large", key_pair_name="cli-key", v_switch_id=vswitch_id, security_group_id=group_id,
+    internet_max_bandwidth_out=5)).body.instance_id_sets.instance_id_set
 while True:
     (item,) = client.describe_instances(ecs.DescribeInstancesRequest(region_id=region,
         instance_ids=json.dumps(ids))).body.instances.instance
     if item.status == "Running":
         break
     time.sleep(0.1)
-ip = item.vpc_attributes.private_ip_address.ip_address[0]
+ip = item.public_ip_address.ip_address[0]  # from outside the VPC, only the public address reaches it
 for _ in range(100):
     done = subprocess.run(["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@" + ip, "hostname"],
@@ -93,8 +114,10 @@ def test_start_prints_exports_that_configure_a_shell_for_the_sdk_and_ssh(state_d
         "export ALIBABA_CLOUD_ACCESS_KEY_SECRET",
         "export ALIBABA_CLOUD_REGION_ID",
         "export PYMLSQL_ECS_ENDPOINT",
+        "export PYMLSQL_METADATA_ENDPOINT",
     ]
     assert "PYMLSQL_ECS_ENDPOINT=http://127.0.0.1:" in started.stdout
+    assert "PYMLSQL_METADATA_ENDPOINT=off" in started.stdout
 
     script = tmp_path / "user.py"
     script.write_text(SDK_SCRIPT)

@@ -16,8 +16,9 @@ import pytest
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_ecs20140526.client import Client
 from alibabacloud_tea_openapi.models import Config
+from alibabacloud_vpc20160428.client import Client as VpcClient
 
-from .helpers import wait_for
+from .helpers import make_network, wait_for
 
 NOBODY = 65534
 REPO = Path(__file__).resolve().parents[1]
@@ -74,13 +75,15 @@ def test_unprivileged_sandbox_serves_sshd_on_a_reported_port():
         assert started.returncode == 0, started.stderr
         assert "not running as root, so instances are degraded" in started.stderr
         exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines())
-        client = Client(Config(access_key_id=exports["ALIBABA_CLOUD_ACCESS_KEY_ID"],
-                               access_key_secret=exports["ALIBABA_CLOUD_ACCESS_KEY_SECRET"],
-                               endpoint=exports["PYMLSQL_ECS_ENDPOINT"].removeprefix("http://"),
-                               protocol="http"))  # fmt: skip
+        config = Config(access_key_id=exports["ALIBABA_CLOUD_ACCESS_KEY_ID"],
+                        access_key_secret=exports["ALIBABA_CLOUD_ACCESS_KEY_SECRET"],
+                        endpoint=exports["PYMLSQL_ECS_ENDPOINT"].removeprefix("http://"), protocol="http")  # fmt: skip
+        client = Client(config)
         region = exports["ALIBABA_CLOUD_REGION_ID"]
+        network = make_network(client, VpcClient(config), region)
         ids = client.run_instances(ecs.RunInstancesRequest(
             region_id=region, image_id="debian_12_x64_20G_alibase_20240101.vhd", instance_type="ecs.g7.large",
+            v_switch_id=network.vswitch_id, security_group_id=network.security_group_id,
         )).body.instance_id_sets.instance_id_set  # fmt: skip
 
         def running():

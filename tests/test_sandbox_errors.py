@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pymlsql_magics.sandbox import Sandbox
 
-from .helpers import api_error, describe, run, unique, wait_status
+from .helpers import api_error, create_request, describe, placed, run, unique, wait_status
 
 DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
 ERROR_FIELDS = {"RequestId", "HostId", "Code", "Message", "Recommend"}
@@ -27,14 +27,14 @@ def assert_error(error: object, code: str, status: int) -> None:
     assert error.data["Message"]  # type: ignore[attr-defined]
 
 
-def run_request(region: str, **fields: object) -> ecs.RunInstancesRequest:
-    values: dict[str, object] = {"region_id": region, "image_id": DEBIAN, "instance_type": "ecs.g7.large"}
-    values.update(fields)
-    return ecs.RunInstancesRequest(**values)
+def run_request(client: Client, region: str, **fields: object) -> ecs.RunInstancesRequest:
+    """RunInstances in the tests' network, with `fields` over the rest."""
+    values: dict[str, object] = {"image_id": DEBIAN, "instance_type": "ecs.g7.large", **fields}
+    return ecs.RunInstancesRequest(region_id=region, **placed(client, region, values))
 
 
 def created_stopped(client: Client, region: str, launched: list[str]) -> str:
-    request = ecs.CreateInstanceRequest(region_id=region, image_id=DEBIAN, instance_type="ecs.g7.large")
+    request = create_request(client, region, image_id=DEBIAN, instance_type="ecs.g7.large")
     instance_id = client.create_instance(request).body.instance_id
     launched.append(instance_id)
     wait_status(client, region, [instance_id], "Stopped")
@@ -93,7 +93,7 @@ def test_start_instance_on_a_running_instance_is_incorrect_status(
 def test_start_instance_while_pending_is_incorrect_status(
     sandbox: Sandbox, client: Client, region: str, launched: list[str]
 ) -> None:
-    request = ecs.CreateInstanceRequest(region_id=region, image_id=DEBIAN, instance_type="ecs.g7.large")
+    request = create_request(client, region, image_id=DEBIAN, instance_type="ecs.g7.large")
     with held_in_pending(sandbox):
         instance_id = client.create_instance(request).body.instance_id
     launched.append(instance_id)
@@ -137,25 +137,25 @@ def test_force_delete_works_while_pending(sandbox: Sandbox, client: Client, regi
 
 
 def test_unknown_image_is_not_found(client: Client, region: str) -> None:
-    error = api_error(lambda: client.run_instances(run_request(region, image_id="m-nosuchimage")))
+    error = api_error(lambda: client.run_instances(run_request(client, region, image_id="m-nosuchimage")))
 
     assert_error(error, "InvalidImageId.NotFound", 404)
 
 
 def test_unknown_instance_type_is_not_supported(client: Client, region: str) -> None:
-    error = api_error(lambda: client.run_instances(run_request(region, instance_type="ecs.g99.huge")))
+    error = api_error(lambda: client.run_instances(run_request(client, region, instance_type="ecs.g99.huge")))
 
     assert_error(error, "InvalidInstanceType.ValueNotSupported", 400)
 
 
 def test_unknown_key_pair_name_is_not_found(client: Client, region: str) -> None:
-    request = run_request(region, key_pair_name=unique("nokey"))
+    request = run_request(client, region, key_pair_name=unique("nokey"))
 
     assert_error(api_error(lambda: client.run_instances(request)), "InvalidKeyPairName.NotFound", 404)
 
 
 def test_missing_image_id_is_missing_parameter(client: Client, region: str) -> None:
-    error = api_error(lambda: client.run_instances(run_request(region, image_id=None)))
+    error = api_error(lambda: client.run_instances(run_request(client, region, image_id=None)))
 
     assert_error(error, "MissingParameter", 400)
     assert "ImageId" in error.data["Message"]
@@ -169,14 +169,14 @@ def test_missing_region_id_is_missing_parameter(client: Client) -> None:
 
 
 def test_amount_above_100_is_invalid_parameter(client: Client, region: str) -> None:
-    error = api_error(lambda: client.run_instances(run_request(region, amount=101)))
+    error = api_error(lambda: client.run_instances(run_request(client, region, amount=101)))
 
     assert_error(error, "InvalidParameter", 400)
     assert "Amount" in error.data["Message"]
 
 
 def test_amount_zero_is_invalid_parameter(client: Client, region: str) -> None:
-    error = api_error(lambda: client.run_instances(run_request(region, amount=0)))
+    error = api_error(lambda: client.run_instances(run_request(client, region, amount=0)))
 
     assert_error(error, "InvalidParameter", 400)
 
@@ -185,7 +185,7 @@ def test_refused_run_instances_creates_nothing(client: Client, region: str) -> N
     group = unique("none")
     tag = [ecs.RunInstancesRequestTag(key="refused", value=group)]
 
-    api_error(lambda: client.run_instances(run_request(region, amount=2, tag=tag, security_group_id="sg-nope")))
+    api_error(lambda: client.run_instances(run_request(client, region, amount=2, tag=tag, security_group_id="sg-nope")))
 
     wanted = [ecs.DescribeInstancesRequestTag(key="refused", value=group)]
     request = ecs.DescribeInstancesRequest(region_id=region, tag=wanted)
@@ -193,15 +193,9 @@ def test_refused_run_instances_creates_nothing(client: Client, region: str) -> N
 
 
 def test_unknown_security_group_is_not_found(client: Client, region: str) -> None:
-    request = run_request(region, security_group_id="sg-doesnotexist000000")
+    request = run_request(client, region, security_group_id="sg-doesnotexist000000")
 
     assert_error(api_error(lambda: client.run_instances(request)), "InvalidSecurityGroupId.NotFound", 404)
-
-
-def test_default_security_group_is_accepted(client: Client, region: str, launched: list[str]) -> None:
-    ids = run(client, region, launched=launched, security_group_id="sg-sandbox-default")
-
-    assert describe(client, region, ids)[0].security_group_ids.security_group_id == ["sg-sandbox-default"]
 
 
 def test_authorize_unknown_security_group_is_not_found(client: Client, region: str) -> None:
@@ -218,13 +212,13 @@ def test_authorize_unknown_security_group_is_not_found(client: Client, region: s
 
 
 def test_user_data_that_is_not_base64_is_refused(client: Client, region: str) -> None:
-    request = run_request(region, user_data="#!/bin/sh\necho not encoded")
+    request = run_request(client, region, user_data="#!/bin/sh\necho not encoded")
 
     assert_error(api_error(lambda: client.run_instances(request)), "InvalidUserData.Base64FormatInvalid", 400)
 
 
 def test_user_data_over_32_kib_is_refused(client: Client, region: str) -> None:
-    request = run_request(region, user_data=base64.b64encode(b"#" * (32 * 1024 + 1)).decode())
+    request = run_request(client, region, user_data=base64.b64encode(b"#" * (32 * 1024 + 1)).decode())
 
     assert_error(api_error(lambda: client.run_instances(request)), "InvalidUserData.SizeExceeded", 400)
 
@@ -244,7 +238,7 @@ def test_unknown_region_is_not_found(client: Client) -> None:
     for call in (
         lambda: client.describe_instances(ecs.DescribeInstancesRequest(region_id="xx-nowhere-1")),
         lambda: client.describe_zones(ecs.DescribeZonesRequest(region_id="xx-nowhere-1")),
-        lambda: client.run_instances(run_request("xx-nowhere-1")),
+        lambda: client.run_instances(run_request(client, "xx-nowhere-1", v_switch_id="vsw-any")),
     ):
         assert_error(api_error(call), "InvalidRegionId.NotFound", 404)
 
@@ -252,9 +246,8 @@ def test_unknown_region_is_not_found(client: Client) -> None:
 def test_allocate_public_ip_while_pending_is_incorrect_status(
     sandbox: Sandbox, client: Client, region: str, launched: list[str]
 ) -> None:
-    request = ecs.CreateInstanceRequest(
-        region_id=region, image_id=DEBIAN, instance_type="ecs.g7.large", internet_max_bandwidth_out=5
-    )
+    request = create_request(client, region, image_id=DEBIAN, instance_type="ecs.g7.large",
+                             internet_max_bandwidth_out=5)  # fmt: skip
     with held_in_pending(sandbox):
         instance_id = client.create_instance(request).body.instance_id
     launched.append(instance_id)
@@ -269,7 +262,8 @@ def test_allocate_public_ip_while_pending_is_incorrect_status(
 
 def test_auto_release_time_in_the_past_or_malformed_is_refused(client: Client, region: str) -> None:
     for value in ("2001-01-01T00:00:00Z", "tomorrow", "2030-01-01 00:00:00"):
-        error = api_error(lambda value=value: client.run_instances(run_request(region, auto_release_time=value)))
+        request = run_request(client, region, auto_release_time=value)
+        error = api_error(lambda request=request: client.run_instances(request))
         assert_error(error, "InvalidAutoReleaseTime.Malformed", 400)
 
 

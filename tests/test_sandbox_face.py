@@ -86,6 +86,7 @@ def test_info_environment_and_exports_come_from_one_place_and_hide_the_secret(tm
         "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "s3cret",
         "ALIBABA_CLOUD_REGION_ID": "cn-hangzhou",
         "PYMLSQL_ECS_ENDPOINT": "http://127.0.0.1:1",
+        "PYMLSQL_METADATA_ENDPOINT": "off",
     }
     assert info.exports() == "".join(f"export {k}={v}\n" for k, v in info.environment().items())
     assert "s3cret" not in repr(info)

@@ -30,6 +30,7 @@ def test_every_start_setting_is_a_flag_of_both_faces_with_one_name() -> None:
     # Today's other spellings stay, each on the face that had it.
     assert "--vswitch" in cli["vswitch_id"] and "--user-data-file" in cli["user_data"]
     assert "--timeout" in magic["start_timeout"]
+    assert "--ssh-cidr" in cli["ssh_source_cidr"] and "--ssh-cidr" in magic["ssh_source_cidr"]
 
 
 def test_every_configurable_setting_is_a_trait_with_the_spec_default() -> None:

@@ -15,6 +15,8 @@ from ._errors import (
 from ._face import Face
 from ._fleet import CREATED_BY, NAME_TAG, Fleet
 from ._launch import SETTINGS, LaunchSpec, Setting, launch_spec, parse_flag, parse_pairs, start_arguments
+from ._network import Network
+from ._network_inventory import ToolNetwork, network_as_json, network_line
 from ._output import ConsoleSink, LogSink, NullSink, OutputSink, StreamDecoder, StreamName, TeeSink
 from ._results import CopyResult, ExecResult, FleetResult, Instance, InstanceList, naming
 
@@ -39,6 +41,7 @@ __all__ = [
     "InstanceStateError",
     "LaunchSpec",
     "LogSink",
+    "Network",
     "NullSink",
     "OutputSink",
     "PymlsqlError",
@@ -48,11 +51,14 @@ __all__ = [
     "StreamDecoder",
     "StreamName",
     "TeeSink",
+    "ToolNetwork",
     "WaitTimeoutError",
     "launch_spec",
     "parse_duration",
     "parse_flag",
     "parse_pairs",
     "naming",
+    "network_as_json",
+    "network_line",
     "start_arguments",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -67,6 +68,12 @@ class EcsConfig:
     # Characters of each stream an ExecResult keeps per instance (the last ones): a script may
     # print gigabytes, which stream through but are not held in memory.
     exec_output_limit: int = _setting(1 << 20, "Characters of each stream kept in -o results (the last ones).")
+    # SSH is key-only with pinned host keys, so the port may be open to all; narrow it to your
+    # address (e.g. 203.0.113.7/32) where policy asks for it.
+    ssh_source_cidr: str = _setting("0.0.0.0/0", "Addresses the security group this tool makes lets SSH in from.")
+    # The instance metadata service, asked (where this client runs) only on an ECS instance, or
+    # where set: PYMLSQL_METADATA_ENDPOINT, "off" never to ask.
+    metadata_endpoint: str | None = None
     access_key_id: str | None = field(default=None, repr=False)
     access_key_secret: str | None = field(default=None, repr=False)
     security_token: str | None = field(default=None, repr=False)
@@ -89,6 +96,8 @@ class EcsConfig:
             settings["region_id"] = environ["ALIBABA_CLOUD_REGION_ID"]
         if environ.get("PYMLSQL_ECS_ENDPOINT"):
             settings["endpoint"] = environ["PYMLSQL_ECS_ENDPOINT"]
+        if environ.get("PYMLSQL_METADATA_ENDPOINT"):
+            settings["metadata_endpoint"] = environ["PYMLSQL_METADATA_ENDPOINT"]
         if "access_key_id" in given or "access_key_secret" in given:
             settings["credentials_source"] = CredentialsSource.ARGUMENTS
         elif environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID") and environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET"):
@@ -125,6 +134,7 @@ class EcsConfig:
             raise ConfigError("api_attempts must be at least 1")
         if self.exec_output_limit < 0:
             raise ConfigError("exec_output_limit must be 0 or more")
+        check_cidr(self.ssh_source_cidr, "ssh_source_cidr")
 
     @property
     def has_credentials(self) -> bool:
@@ -159,3 +169,15 @@ def parse_duration(text: str) -> float:
         raise ConfigError(f"expected a duration like 30m, 2h or 1d, got {text!r}")
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
     return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)
+
+
+def check_cidr(value: str, name: str) -> None:
+    """Raises ConfigError unless `value` is an IPv4 block such as 203.0.113.7/32 or 0.0.0.0/0."""
+    try:
+        ipaddress.IPv4Network(value, strict=False)
+        well_formed = "/" in value
+    except ValueError:
+        well_formed = False
+    if not well_formed:
+        raise ConfigError(f"{name} must be an IPv4 address block, got {value!r}",
+                          hint="e.g. --ssh-cidr 203.0.113.7/32 for one address, or 0.0.0.0/0 for any.")  # fmt: skip

@@ -1,8 +1,6 @@
-"""The ECS API through the official SDK: the only module that imports it.
+"""The ECS API through its official SDK: the only module that imports it.
 
-Throttling, 5xx answers and network failures are retried with exponential backoff and full
-jitter (an endpoint that refuses connections or does not resolve only twice); every other error
-becomes an EcsApiError carrying Code, Message, RequestId and a hint.
+Every call crosses `_api_calls.ApiCaller`, which retries and turns errors into EcsApiError.
 """
 
 from __future__ import annotations
@@ -10,53 +8,23 @@ from __future__ import annotations
 import base64
 import json
 import random
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
-from alibabacloud_credentials.client import Client as CredentialClient
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_ecs20140526.client import Client
-from alibabacloud_tea_openapi.models import Config
-from Tea.exceptions import TeaException
 
-from ._config import CredentialsSource, EcsConfig
-from ._errors import ConfigError, EcsApiError, InstanceStateError
-from ._launch import LaunchSpec
+from ._api_calls import ApiCaller, sdk_config
+from ._config import EcsConfig
+from ._launch import DEFAULT_BANDWIDTH, LaunchSpec
+from ._network_resources import GroupInfo, IngressRule
 from ._results import Instance
 
-T = TypeVar("T")
 _BATCH = 100
-_PUBLIC_BANDWIDTH = 10  # Mbit/s out, when a start asks for public addresses
-# Nothing listens at the endpoint, or its name does not resolve: a second try covers an endpoint
-# that is restarting, more tries only delay the message.
-_UNREACHABLE = ("Connection refused", "Failed to resolve", "Name or service not known", "nodename nor servname")
-_UNREACHABLE_ATTEMPTS = 2
-_RETRIED_CODES = ("Throttling", "ServiceUnavailable", "InternalError", "Throttling.User", "Throttling.Api",
-                  "Throttling.Resource", "OperationConflict", "LastTokenProcessing")  # fmt: skip
-_HINTS = {
-    "InvalidAccessKeyId.NotFound": "Check ALIBABA_CLOUD_ACCESS_KEY_ID (or AK): that AccessKey does not exist.",
-    "SignatureDoesNotMatch": "Check ALIBABA_CLOUD_ACCESS_KEY_SECRET (or AKS): it does not belong to that AccessKey.",
-    "InvalidImageId.NotFound": "Check the image id; list images with DescribeImages in this region.",
-    "InvalidInstanceId.NotFound": "Check the instance id and the region (--region / ALIBABA_CLOUD_REGION_ID).",
-    "InvalidKeyPairName.NotFound": "Create the key pair first, e.g. with --init-ssh-key true.",
-    "InvalidKeyPairName.Malformed": "Key pair names have 2-128 letters, digits, '.', '_', '-' or ':', a letter first.",
-    "KeyPair.AlreadyExist": "Pick another key pair name, or reuse it with --init-ssh-key false.",
-    "InvalidSecurityGroupId.NotFound": "Check the security group id and the region.",
-    "InvalidVSwitchId.NotFound": "Check the vSwitch id and the zone.",
-    "InvalidInstanceType.ValueNotSupported": "Pick an instance type this zone offers (DescribeInstanceTypes).",
-    "InvalidRegionId.NotFound": "Pick a region ECS offers: --region (or ALIBABA_CLOUD_REGION_ID), e.g. cn-hangzhou.",
-    "InvalidTagKey.Malformed": "Tag keys must not start with aliyun or acs: nor contain http://; rename the --tag.",
-    "OperationDenied.NoStock": "Pick another zone or instance type.",
-    "IncorrectInstanceStatus": "Wait until the instance is Running or Stopped, then try again.",
-    "InvalidUserData.SizeExceeded": "Keep user data under 16 KB; copy larger files after start instead.",
-    "Forbidden.RAM": "Grant this RAM user the ECS permission it needs.",
-    "QuotaExceed.ElasticQuota": "Raise the instance quota in the ECS console, or use fewer or smaller instances.",
-}
 
 
 class EcsClient:
@@ -71,9 +39,8 @@ class EcsClient:
     ) -> None:
         self.config = config
         self.region_id = config.region_id
-        self._sleep = sleep
-        self._jitter = jitter
-        self._client = Client(_sdk_config(config))
+        self._call = ApiCaller(config, sleep=sleep, jitter=jitter)
+        self._client = Client(sdk_config(config))
 
     def __repr__(self) -> str:
         return f"EcsClient(region_id={self.region_id!r}, endpoint={self.config.endpoint!r})"
@@ -99,7 +66,7 @@ class EcsClient:
             zone_id=spec.zone,
             spot_strategy=spec.spot_strategy,
             system_disk=disk,
-            internet_max_bandwidth_out=_PUBLIC_BANDWIDTH if spec.need_public_ip else 0,
+            internet_max_bandwidth_out=(spec.bandwidth or DEFAULT_BANDWIDTH) if spec.need_public_ip else 0,
             instance_name=spec.name,
             user_data=base64.b64encode(spec.user_data.encode()).decode() if spec.user_data else None,
             auto_release_time=_auto_release(spec.ttl) if spec.ttl else None,
@@ -158,6 +125,87 @@ class EcsClient:
         body = self._call("read the console", lambda: self._client.get_instance_console_output(request))
         return base64.b64decode(body.console_output or "").decode(errors="replace")
 
+    # -- network: security groups and where a type is offered -----------------------------
+
+    def security_groups(
+        self, *, vpc_id: str | None = None, group_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> list[GroupInfo]:
+        found: list[GroupInfo] = []
+        token: str | None = None
+        while True:
+            request = ecs.DescribeSecurityGroupsRequest(
+                region_id=self.region_id,
+                vpc_id=vpc_id,
+                security_group_id=group_id,
+                tag=[ecs.DescribeSecurityGroupsRequestTag(key=k, value=v) for k, v in (tags or {}).items()] or None,
+                max_results=100,
+                next_token=token,
+            )
+            body = self._call("describe security groups", partial(self._client.describe_security_groups, request))
+            items = body.security_groups.security_group if body.security_groups else None
+            found += [_group(item) for item in items or []]
+            token = body.next_token
+            if not token:
+                return found
+
+    def create_security_group(self, *, vpc_id: str, name: str, tags: Mapping[str, str], client_token: str) -> str:
+        request = ecs.CreateSecurityGroupRequest(
+            region_id=self.region_id,
+            vpc_id=vpc_id,
+            security_group_name=name,
+            description="Made by pymlsql: SSH in from ssh_source_cidr; `pymlsql network delete` removes it.",
+            tag=[ecs.CreateSecurityGroupRequestTag(key=k, value=v) for k, v in tags.items()],
+            client_token=client_token,
+        )
+        return str(self._call("create a security group", lambda: self._client.create_security_group(request))
+                   .security_group_id)  # fmt: skip
+
+    def authorize_tcp(self, group_id: str, port: int, source_cidr: str, description: str) -> None:
+        rule = ecs.AuthorizeSecurityGroupRequestPermissions(
+            ip_protocol="TCP", port_range=f"{port}/{port}", source_cidr_ip=source_cidr, description=description
+        )
+        request = ecs.AuthorizeSecurityGroupRequest(region_id=self.region_id, security_group_id=group_id,
+                                                    permissions=[rule])  # fmt: skip
+        self._call(f"open TCP {port} of {group_id}", lambda: self._client.authorize_security_group(request))
+
+    def ingress_rules(self, group_id: str) -> list[IngressRule]:
+        request = ecs.DescribeSecurityGroupAttributeRequest(
+            region_id=self.region_id, security_group_id=group_id, direction="ingress"
+        )
+        body = self._call(f"read the rules of {group_id}",
+                          lambda: self._client.describe_security_group_attribute(request))  # fmt: skip
+        items = body.permissions.permission if body.permissions else None
+        return [
+            IngressRule(item.ip_protocol or "", item.port_range or "", item.source_cidr_ip or "", item.policy or "")
+            for item in items or []
+            if (item.direction or "ingress") == "ingress"
+        ]
+
+    def delete_security_group(self, group_id: str) -> None:
+        request = ecs.DeleteSecurityGroupRequest(region_id=self.region_id, security_group_id=group_id)
+        self._call(f"delete the security group {group_id}", lambda: self._client.delete_security_group(request))
+
+    def zones_offering(self, instance_type: str) -> list[str]:
+        """The zones of the region where `instance_type` can be created now, pay-as-you-go."""
+        request = ecs.DescribeAvailableResourceRequest(
+            region_id=self.region_id, destination_resource="InstanceType", instance_type=instance_type,
+            instance_charge_type="PostPaid",
+        )  # fmt: skip
+        body = self._call(f"find the zones offering {instance_type}",
+                          lambda: self._client.describe_available_resource(request))  # fmt: skip
+        zones = []
+        for zone in (body.available_zones.available_zone if body.available_zones else None) or []:
+            kinds = (zone.available_resources.available_resource if zone.available_resources else None) or []
+            offered = [
+                item
+                for kind in kinds
+                for item in ((kind.supported_resources.supported_resource if kind.supported_resources else None) or [])
+                if item.value == instance_type and item.status == "Available"
+            ]
+            if zone.status == "Available" and offered:
+                zones.append(zone.zone_id)
+        return zones
+
     # -- key pairs -------------------------------------------------------------------------
 
     def create_key_pair(self, name: str) -> str:
@@ -178,33 +226,6 @@ class EcsClient:
                 return str(pair.public_key or "")
         return None
 
-    # -- the retry and translation boundary ------------------------------------------------
-
-    def _call(self, what: str, call: Callable[[], Any]) -> Any:
-        attempt = 1
-        while True:
-            try:
-                return call().body
-            except TeaException as error:
-                code = error.code or ""
-                status = int(getattr(error, "status_code", 0) or (error.data or {}).get("statusCode") or 0)
-                retriable = not code or code in _RETRIED_CODES or code.startswith("Throttling") or status >= 500
-                attempts = self.config.api_attempts
-                if not code and any(sign in _network_cause(error) for sign in _UNREACHABLE):
-                    attempts = min(attempts, _UNREACHABLE_ATTEMPTS)
-                if retriable and attempt < attempts:
-                    self._sleep(self._backoff(attempt))
-                    attempt += 1
-                    continue
-                raise _translate(
-                    what, error, attempts=attempt, retriable=retriable, endpoint=self.config.endpoint
-                ) from None
-
-    def _backoff(self, attempt: int) -> float:
-        # Full jitter: a random wait up to an exponentially growing cap, so clients spread out.
-        return self._jitter() * min(20.0, 0.5 * 2.0 ** (attempt - 1))
-
-
 def _auto_release(ttl: float) -> str:
     when = datetime.fromtimestamp(time.time() + ttl, timezone.utc)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -214,101 +235,10 @@ def _batches(ids: Sequence[str]) -> list[Sequence[str]]:
     return [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]
 
 
-def _sdk_config(config: EcsConfig) -> Config:
-    endpoint, protocol = config.endpoint, "https"
-    if endpoint and "://" in endpoint:
-        protocol, _, endpoint = endpoint.partition("://")
-    options: dict[str, Any] = {
-        "region_id": config.region_id,
-        "endpoint": endpoint.rstrip("/") if endpoint else None,
-        "protocol": protocol,
-        "connect_timeout": 10000,
-        "read_timeout": 60000,
-    }
-    if config.access_key_id:
-        options.update(
-            access_key_id=config.access_key_id,
-            access_key_secret=config.access_key_secret,
-            security_token=config.security_token,
-        )
-    elif config.credentials_source is CredentialsSource.CHAIN:
-        options["credential"] = CredentialClient()
-    else:
-        raise ConfigError(
-            "no Alibaba Cloud credentials found",
-            hint=(
-                "Set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, or configure the aliyun "
-                'CLI, or try everything locally first with: eval "$(pymlsql sandbox start)"'
-            ),
-        )
-    return Config(**options)
-
-
-def _translate(
-    what: str, error: TeaException, *, attempts: int, retriable: bool, endpoint: str | None = None
-) -> EcsApiError:
-    data = error.data if isinstance(error.data, dict) else {}
-    code = error.code or ""
-    message = str(data.get("Message") or "")
-    request_id = str(data.get("RequestId") or getattr(error, "request_id", "") or "")
-    if not code:
-        return _no_answer(what, _network_cause(error), attempts=attempts, endpoint=endpoint)
-    # Some messages span lines (SignatureDoesNotMatch quotes the string to sign); errors are one line.
-    shown = " ".join(str(message or error.message or "").split())
-    text = f"ECS could not {what}: {code}: {shown}"
-    if attempts > 1:
-        text += f" (after {attempts} attempts)"
-    if request_id:
-        text += f" [RequestId {request_id}]"
-    kind = InstanceStateError if code.startswith("IncorrectInstanceStatus") else EcsApiError
-    return kind(text, code=code, api_message=message, request_id=request_id, hint=_hint(code, data, retriable))
-
-
-def _hint(code: str, data: Mapping[str, Any], retriable: bool) -> str:
-    if code in _HINTS:
-        return _HINTS[code]
-    if retriable:
-        return "ECS is busy or throttling this account; wait a minute and try again."
-    if data.get("Recommend"):
-        return f"See {data['Recommend']} for what {code} means and how to fix it."
-    return f"Look up the error code {code} in the ECS API documentation."
-
-
-def _network_cause(error: TeaException) -> str:
-    """The text of what went wrong below HTTP (the SDK nests it in a RetryError's dict)."""
-    inner = getattr(error, "inner_exception", None)
-    return str(inner or error.message or error)
-
-
-def _no_answer(what: str, cause: str, *, attempts: int, endpoint: str | None) -> EcsApiError:
-    """No answer at all: nothing listening, a name that does not resolve, a timeout, or credentials
-    the chain could not find."""
-    where = endpoint or "the ECS endpoint"
-    after = f" (after {attempts} attempts)" if attempts > 1 else ""
-    setting = f"PYMLSQL_ECS_ENDPOINT ({endpoint})" if endpoint else "the network and proxy settings"
-    if "Connection refused" in cause:
-        return EcsApiError(
-            f"ECS could not {what}: {where} refused the connection{after}",
-            code="NoResponse",
-            hint=f"Check {setting}: nothing listens there. `pymlsql sandbox status` shows a local sandbox's endpoint.",
-        )
-    if any(sign in cause for sign in _UNREACHABLE):
-        return EcsApiError(
-            f"ECS could not {what}: the host of {where} does not resolve{after}",
-            code="NoResponse",
-            hint=f"Check {setting} and the DNS settings.",
-        )
-    errno = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", cause)
-    return EcsApiError(
-        f"ECS could not {what}: no answer from {where} ({errno[1].strip() if errno else _short(cause)}){after}",
-        code="NoResponse",
-        hint="Check the endpoint (PYMLSQL_ECS_ENDPOINT), the network and the credentials.",
-    )
-
-
-def _short(cause: object) -> str:
-    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-    return text[:200]
+def _group(item: Any) -> GroupInfo:
+    tags = {tag.tag_key: tag.tag_value or "" for tag in (item.tags.tag if item.tags else None) or []}
+    return GroupInfo(item.security_group_id, item.vpc_id or "", item.security_group_name or "",
+                     item.creation_time or "", MappingProxyType(tags))  # fmt: skip
 
 
 def _instance(item: Any) -> Instance:
@@ -332,4 +262,8 @@ def _instance(item: Any) -> Instance:
         instance_type=item.instance_type or "",
         zone_id=item.zone_id or "",
         tags=MappingProxyType(tags),
+        vpc_id=(item.vpc_attributes.vpc_id if item.vpc_attributes else None) or "",
+        vswitch_id=(item.vpc_attributes.v_switch_id if item.vpc_attributes else None) or "",
+        security_group_ids=tuple((item.security_group_ids.security_group_id if item.security_group_ids else None)
+                                 or ()),  # fmt: skip
     )

@@ -13,6 +13,7 @@ class Face:
     # How to start an existing instance again; {instance_id} is filled in.
     reuse: str = "Fleet.start(instance_ids=['{instance_id}'])"
     user_flag: str = "user="
+    networks: str = "Fleet.networks()"
 
     def reuse_hint(self, instance_id: str) -> str:
         return self.reuse.format(instance_id=instance_id)

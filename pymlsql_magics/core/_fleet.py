@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import threading
@@ -10,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from ._config import EcsConfig
 from ._ecs import EcsClient
@@ -19,12 +20,18 @@ from ._face import PYTHON, Face
 from ._host_key_sources import console_fingerprints
 from ._known_hosts import KnownHosts
 from ._launch import LaunchSpec
+from ._network import CREATED_BY, TOOL
+from ._network_inventory import ToolNetwork, delete_networks, tool_networks
 from ._output import NullSink, OutputSink
 from ._results import CopyResult, ExecResult, FleetResult, Instance
 from ._ssh import SshConnection
 from ._ssh_keys import PrivateKey, load_private_key
-from ._start import CREATED_BY, NAME_TAG, TOOL, Start, Watch
+from ._start import NAME_TAG, Start, Watch
 from ._transfer import download, upload
+from ._whereabouts import Whereabouts, find_whereabouts
+
+if TYPE_CHECKING:
+    from ._vpc import VpcClient
 
 __all__ = ["CREATED_BY", "NAME_TAG", "Fleet"]
 Progress = Callable[[str], None]
@@ -54,6 +61,31 @@ class Fleet:
 
     def __repr__(self) -> str:
         return f"Fleet(region_id={self.config.region_id!r}, endpoint={self.config.endpoint!r})"
+
+    @functools.cached_property
+    def vpc(self) -> VpcClient:
+        """The VPC product's client, loaded only when a network is looked for: its SDK takes a second."""
+        from ._vpc import VpcClient
+
+        return VpcClient(self.config)
+
+    @functools.cached_property
+    def whereabouts(self) -> Whereabouts:
+        """Where this client runs, which decides the address each instance is reached at."""
+        return find_whereabouts(self.config.metadata_endpoint)
+
+    def dials_public(self, instance: Instance, public: bool | None = None) -> bool:
+        """Whether to reach `instance` at its public address: as forced, else when outside its VPC."""
+        if public is None:
+            public = not self.whereabouts.inside(instance.vpc_id)
+        if public and not instance.public_ip:
+            outside = "" if self.whereabouts.vpc_id is None else f" ({self.whereabouts.describe()})"
+            raise ConfigError(
+                f"{instance.instance_id} has no public address, and this client{outside} reaches it by no other",
+                hint="Start it with --need-public-ip true (or give it an EIP), or run this from an ECS instance "
+                "in its VPC.",
+            )
+        return public
 
     def __enter__(self) -> Fleet:
         return self
@@ -103,6 +135,25 @@ class Fleet:
         spec = replace(spec or LaunchSpec(), **settings)
         return Start(self, spec, watch=watch).run(wait_for_ssh=wait_for_ssh)
 
+    # -- the network this tool made -------------------------------------------------------
+
+    def networks(self) -> list[ToolNetwork]:
+        """The VPCs with something this tool made in them, and the instances in each."""
+        return tool_networks(self.ecs, self.vpc, self.ecs.describe())
+
+    def delete_networks(self, vpc_id: str | None = None) -> list[str]:
+        """Deletes what this tool made (in `vpc_id` only, if given); refused while instances use it.
+
+        Returns the ids deleted; raises ConfigError, before deleting anything, if an instance uses it.
+        """
+        networks = self.networks()
+        if vpc_id is not None:
+            networks = [network for network in networks if network.vpc_id == vpc_id]
+            if not networks:
+                raise ConfigError(f"this tool made nothing in {vpc_id} in {self.config.region_id}",
+                                  hint=f"{self.face.networks} shows what it made.")  # fmt: skip
+        return delete_networks(self.ecs, self.vpc, networks, list_command=self.face.list, progress=self.progress)
+
     # -- exec ------------------------------------------------------------------------------
 
     def exec(
@@ -115,13 +166,14 @@ class Fleet:
         timeout: float | None = None,
         check: bool = True,
         key_pair_name: str | None = None,
-        public: bool = False,
+        public: bool | None = None,
         cancel: threading.Event | None = None,
         pty: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> FleetResult[ExecResult]:
         """Runs `script` with bash on every instance as `user`, in parallel, streaming to `sink`.
 
+        `public` forces the address to dial (None: the public one from outside the instance's VPC).
         With `pty` each script runs on a terminal (its stderr then arrives merged into stdout).
         `env` variables are exported to the script (sshd would refuse most of them as SSH's own
         environment requests).
@@ -160,7 +212,7 @@ class Fleet:
         *,
         user: str = "root",
         key_pair_name: str | None = None,
-        public: bool = False,
+        public: bool | None = None,
         progress: CopyProgress | None = None,
         check: bool = True,
         cancel: threading.Event | None = None,
@@ -184,12 +236,12 @@ class Fleet:
 
     @overload
     def copy_from(self, instances: Instance, source: str, target: str, *, user: str = ...,
-                  key_pair_name: str | None = ..., public: bool = ..., progress: CopyProgress | None = ...,
+                  key_pair_name: str | None = ..., public: bool | None = ..., progress: CopyProgress | None = ...,
                   cancel: threading.Event | None = ..., check: bool = ...) -> CopyResult: ...  # fmt: skip
 
     @overload
     def copy_from(self, instances: Sequence[Instance], source: str, target: str, *, user: str = ...,
-                  key_pair_name: str | None = ..., public: bool = ..., progress: CopyProgress | None = ...,
+                  key_pair_name: str | None = ..., public: bool | None = ..., progress: CopyProgress | None = ...,
                   cancel: threading.Event | None = ..., check: bool = ...) -> FleetResult[CopyResult]: ...  # fmt: skip
 
     def copy_from(
@@ -200,7 +252,7 @@ class Fleet:
         *,
         user: str = "root",
         key_pair_name: str | None = None,
-        public: bool = False,
+        public: bool | None = None,
         progress: CopyProgress | None = None,
         cancel: threading.Event | None = None,
         check: bool = True,
@@ -238,7 +290,7 @@ class Fleet:
         self,
         instance: Instance,
         key_pair_name: str | None,
-        public: bool,
+        public: bool | None,
         progress: CopyProgress | None,
     ) -> tuple[SshConnection, Callable[[int, int], None]]:
         """The instance's connection, and its progress reporter for one copy."""
@@ -315,7 +367,9 @@ class Fleet:
             )
         return self.config.key_path(name)
 
-    def connection(self, instance: Instance, key_path: Path, *, public: bool, probing: bool = False) -> SshConnection:
+    def connection(self, instance: Instance, key_path: Path, *, public: bool | None = None,
+                   probing: bool = False) -> SshConnection:  # fmt: skip
+        public = self.dials_public(instance, public)
         slot = (instance.instance_id, public)
         with self._lock:
             connection = self._connections.get(slot)
@@ -363,11 +417,14 @@ class Fleet:
             self._keys[path] = (version, key)
         return key
 
-    def drop(self, instance: Instance, public: bool) -> None:
+    def drop(self, instance: Instance, public: bool | None = None) -> None:
+        """Closes the connection to the instance at that address (None: at either)."""
+        addresses = (True, False) if public is None else (public,)
         with self._lock:
-            connection = self._connections.pop((instance.instance_id, public), None)
-        if connection is not None:
-            connection.close()
+            dropped = [self._connections.pop((instance.instance_id, each), None) for each in addresses]
+        for connection in dropped:
+            if connection is not None:
+                connection.close()
 
     def parallel(self, instances: list[Instance], work: Callable[[Instance], Any], *,
                   raise_first: bool = False, cancel: threading.Event | None = None) -> dict[str, Any]:  # fmt: skip

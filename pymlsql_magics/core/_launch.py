@@ -14,12 +14,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
-from ._config import parse_duration
+from ._config import check_cidr, parse_duration
 from ._errors import ConfigError
 
 FaceName = Literal["magics", "cli"]
 Kind = Literal["text", "int", "seconds", "duration", "flag", "file", "pairs", "list", "choice"]
 SPOT_STRATEGIES = ("NoSpot", "SpotWithPriceLimit", "SpotAsPriceGo")
+MAX_BANDWIDTH = 100  # Mbit/s, as RunInstances allows
+DEFAULT_BANDWIDTH = 10
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,22 @@ class LaunchSpec:
                                          "~/.ssh/NAME", configurable=True, metavar="NAME")  # fmt: skip
     init_ssh_key: bool = _setting(False, "flag", "create the key pair (or import ~/.ssh/NAME) and save its "
                                   "private key to ~/.ssh/NAME")  # fmt: skip
-    need_public_ip: bool = _setting(False, "flag", "give the instances public IPs", configurable=True)
-    security_group: str | None = _setting(None, "text", "security group id", configurable=True, metavar="ID")
-    vswitch_id: str | None = _setting(None, "text", "vSwitch id", configurable=True, metavar="ID",
-                                      aliases={"cli": ("--vswitch",)})  # fmt: skip
-    zone: str | None = _setting(None, "text", "zone id", configurable=True, metavar="ZONE")
+    need_public_ip: bool | None = _setting(None, "flag", "give the instances public IPs (default: when this client "
+                                           "runs outside their VPC, which then reaches them only so)",
+                                           configurable=True)  # fmt: skip
+    bandwidth: int | None = _setting(None, "int", f"outbound internet bandwidth of each public IP in Mbit/s, "
+                                     f"1-{MAX_BANDWIDTH} (default {DEFAULT_BANDWIDTH})", metavar="MBIT",
+                                     configurable=True)  # fmt: skip
+    security_group: str | None = _setting(None, "text", "security group id (default: the one this tool makes, "
+                                          "SSH open to --ssh-cidr)", configurable=True, metavar="ID")  # fmt: skip
+    vswitch_id: str | None = _setting(None, "text", "vSwitch id (default: the one this tool makes in its VPC)",
+                                      configurable=True, metavar="ID", aliases={"cli": ("--vswitch",)})  # fmt: skip
+    zone: str | None = _setting(None, "text", "zone id (default: one that offers the instance type)",
+                                configurable=True, metavar="ZONE")  # fmt: skip
+    ssh_source_cidr: str | None = _setting(None, "text", "addresses the security group this tool makes lets SSH "
+                                           "in from (default: the ssh_source_cidr setting, 0.0.0.0/0)",
+                                           metavar="CIDR",
+                                           aliases={"cli": ("--ssh-cidr",), "magics": ("--ssh-cidr",)})  # fmt: skip
     tags: Mapping[str, str] = _setting(None, "pairs", "tag; repeatable", flag="--tag", metavar="KEY=VALUE",
                                        factory=dict)  # fmt: skip
     user_data: str | None = _setting(None, "file", "user data file (#! script or #cloud-config)", metavar="FILE",
@@ -88,6 +101,17 @@ class LaunchSpec:
         if self.spot_strategy is not None and self.spot_strategy not in SPOT_STRATEGIES:
             raise ConfigError(f"unknown spot strategy {self.spot_strategy!r}",
                               hint=f"Pass --spot-strategy with one of {', '.join(SPOT_STRATEGIES)}.")  # fmt: skip
+        if self.bandwidth is not None:
+            if not 1 <= self.bandwidth <= MAX_BANDWIDTH:
+                raise ConfigError(
+                    f"--bandwidth must be 1 to {MAX_BANDWIDTH} Mbit/s, got {self.bandwidth}",
+                    hint=f"ECS allows 1-{MAX_BANDWIDTH}; e.g. --bandwidth {DEFAULT_BANDWIDTH}.",
+                )
+            if self.need_public_ip is False:
+                raise ConfigError("--bandwidth is the bandwidth of public IPs, and --need-public-ip is false",
+                                  hint="Drop one of the two.")  # fmt: skip
+        if self.ssh_source_cidr is not None:
+            check_cidr(self.ssh_source_cidr, "--ssh-cidr")
         object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
         object.__setattr__(self, "instance_ids", tuple(self.instance_ids))
 

@@ -26,6 +26,9 @@ class Instance:
     instance_type: str = ""
     zone_id: str = ""
     tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    vpc_id: str = ""
+    vswitch_id: str = ""
+    security_group_ids: tuple[str, ...] = ()
 
     @property
     def ssh_port(self) -> int:

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,14 +15,13 @@ from ._errors import ConfigError, HostKeyMismatchError, InstanceStateError, Pyml
 from ._host_key_sources import host_keys_in_cloud_config
 from ._keys import ensure_key_pair
 from ._launch import LaunchSpec, check_tags
+from ._network import CREATED_BY, TOOL, NetworkPlanner
 from ._results import Instance
 
 if TYPE_CHECKING:
     from ._fleet import Fleet
 
-CREATED_BY = "pymlsql:created-by"
 NAME_TAG = "pymlsql:name"
-TOOL = "pymlsql"
 _MAX_PER_CALL = 100
 Watch = Callable[[list[Instance], set[str]], None]
 
@@ -36,6 +36,7 @@ class Start:
     def __init__(self, fleet: Fleet, spec: LaunchSpec, *, watch: Watch | None = None) -> None:
         self.fleet = fleet
         self.spec = spec
+        self.forced_public = spec.need_public_ip
         self.watch = watch or _no_watch
         self.timeout = spec.start_timeout or fleet.config.start_timeout
         self.created: list[str] = []
@@ -44,8 +45,15 @@ class Start:
     def run(self, *, wait_for_ssh: bool = True) -> list[Instance]:
         spec, fleet = self.spec, self.fleet
         check_tags(self.own_tags, spec.tags)
-        # Instances to reuse are checked before a key pair is made, so a bad id leaves nothing behind.
+        self._check_reachable()
+        # What a start reuses and where it creates are checked before a key pair is made, so a bad
+        # id, vSwitch or group leaves nothing behind.
         reused = self._reused()
+        missing = 0 if spec.instance_ids else spec.count - len(reused)
+        if missing > 0:
+            if not spec.image_id:
+                raise ConfigError("an image id is needed to create instances", hint="Pass --image-id.")
+            self.spec = spec = self._placed(spec)
         key_path = None
         if spec.key_pair_name:
             key_path = ensure_key_pair(fleet.ecs, spec.key_pair_name, Path(fleet.config.key_dir).expanduser(),
@@ -55,10 +63,7 @@ class Start:
             if stopped:
                 fleet.progress(f"starting {len(stopped)} stopped instance(s)")
                 fleet.ecs.start(stopped)
-            missing = 0 if spec.instance_ids else spec.count - len(reused)
             if missing > 0:
-                if not spec.image_id:
-                    raise ConfigError("an image id is needed to create instances", hint="Pass --image-id.")
                 self._create(missing)
             instances = self._wait_running([instance.instance_id for instance in reused] + self.created)
             self.watch(instances, set())
@@ -68,6 +73,33 @@ class Start:
         except (PymlsqlError, KeyboardInterrupt) as error:
             self._undo(error)
             raise
+
+    def _check_reachable(self) -> None:
+        """From outside any VPC only public addresses reach instances: refuse a start without them."""
+        where = self.fleet.whereabouts
+        if self.spec.need_public_ip is False and where.vpc_id is None:
+            raise ConfigError(
+                "--need-public-ip is false, but this client runs outside any VPC, from where only public "
+                "addresses reach instances: SSH could never get in",
+                hint="Leave --need-public-ip out (or pass true), or run the start from an ECS instance in the "
+                "instances' VPC, where their private addresses reach them.",
+            )
+
+    def _placed(self, spec: LaunchSpec) -> LaunchSpec:
+        """The spec with its network found, checked or made, and whether it gets public addresses."""
+        fleet = self.fleet
+        public = spec.need_public_ip
+        if public is None:
+            public = spec.bandwidth is not None or fleet.whereabouts.vpc_id is None
+        planner = NetworkPlanner(fleet.ecs, fleet.vpc, progress=fleet.progress, timeout=self.timeout)
+        network = planner.network_for(
+            spec.instance_type, vswitch_id=spec.vswitch_id, security_group=spec.security_group, zone=spec.zone,
+            ssh_source_cidr=spec.ssh_source_cidr or fleet.config.ssh_source_cidr,
+        )  # fmt: skip
+        fleet.progress(f"network: {network.vswitch_id} in {network.zone_id} of {network.vpc_id}, "
+                       f"group {network.security_group_id}, {'public' if public else 'private'} addresses")  # fmt: skip
+        return replace(spec, vswitch_id=network.vswitch_id, security_group=network.security_group_id,
+                       zone=network.zone_id, need_public_ip=public)  # fmt: skip
 
     def _reused(self) -> list[Instance]:
         if self.spec.instance_ids:
@@ -159,7 +191,8 @@ class Start:
         )
 
     def _wait_ssh(self, instances: list[Instance], key_path: Path | None) -> None:
-        fleet, public = self.fleet, self.spec.need_public_ip
+        # The address each instance is reached at follows where this client runs, unless forced.
+        fleet, public = self.fleet, self.forced_public
         if key_path is None:
             named = {instance.key_pair_name for instance in instances}
             if len(named) != 1 or not next(iter(named)):

@@ -61,6 +61,21 @@ IMAGES = {
             "Debian 12 64 bit (root only)",
             (),
         ),
+        # Public images named as on Alibaba Cloud, so scripts and runbooks carry real ids.
+        Image(
+            "ubuntu_22_04_x64_20G_alibase_20240926.vhd",
+            "ubuntu_22_04_x64_20G_alibase_20240926.vhd",
+            "system",
+            "Ubuntu 22.04 64 bit (in the sandbox: its Debian, root only)",
+            (),
+        ),
+        Image(
+            "aliyun_3_x64_20G_alibase_20240819.vhd",
+            "aliyun_3_x64_20G_alibase_20240819.vhd",
+            "system",
+            "Alibaba Cloud Linux 3 64 bit (in the sandbox: its Debian, root only)",
+            (),
+        ),
         Image(
             "m-sandbox-webuser",
             "sandbox-webuser",

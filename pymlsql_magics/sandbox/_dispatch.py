@@ -11,12 +11,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from . import _signature
-from ._actions import ACTIONS, Context
+from ._actions import ACTIONS, ECS_VERSION, Context
 from ._api_errors import ApiError
 from ._model import World
 from ._params import Params
 
-API_VERSION = "2014-05-26"
 LOST = 0  # the status handle_api gives an answer that must never reach the caller
 
 
@@ -47,10 +46,10 @@ def handle_api(
                 secrets=access_keys,
                 seen_nonces=world.nonces,
             )
-        version = headers.get("x-acs-version") or query.get("Version")
-        if version and version != API_VERSION:
+        version = headers.get("x-acs-version") or query.get("Version") or ECS_VERSION
+        if version not in ACTIONS:
             raise ApiError("InvalidVersion", message=f"Specified version {version} is not valid.")
-        handler = ACTIONS.get(action)
+        handler = ACTIONS[version].get(action)
         if handler is None:
             raise ApiError("InvalidAction.NotFound")
         fault = world.take_fault(action)

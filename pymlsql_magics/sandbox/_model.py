@@ -9,22 +9,22 @@ starts stopping. One lock guards all resources; machines are booted and halted o
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import itertools
 import secrets
 import string
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._blocks import Blocks
 from ._catalog import IMAGES
 from ._faults import Fault
 from ._hosts import BootSpec, Hosts
-
-ANY_REGION = "*"  # the default security group serves every region
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Instance:
     image_id: str
     instance_type: str
     security_group_ids: list[str]
+    vpc_id: str
     vswitch_id: str
     key_pair_name: str
     private_ip: str
@@ -84,17 +85,74 @@ class KeyPair:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One ingress rule of a security group, its fields as AuthorizeSecurityGroup takes them."""
+
+    protocol: str  # TCP, UDP, ICMP, GRE or ALL, upper case
+    ports: tuple[int, int]  # (-1, -1) for every port
+    source_cidr: str
+    policy: str = "accept"
+    priority: int = 1
+    description: str = ""
+
+    def allows(self, protocol: str, port: int, source: str) -> bool:
+        """Whether this rule accepts a connection to `port` from `source` (a policy aside)."""
+        if self.protocol not in ("ALL", protocol):
+            return False
+        low, high = self.ports
+        in_range = (low, high) == (-1, -1) or low <= port <= high
+        return in_range and ipaddress.ip_address(source) in ipaddress.ip_network(self.source_cidr)
+
+
 @dataclass
 class SecurityGroup:
     security_group_id: str
     name: str
     description: str
     region_id: str
-    vpc_id: str
+    vpc_id: str  # "" for a classic-network group, which no VPC instance can join
     group_type: str = "normal"
     creation_time: float = field(default_factory=time.time)
     tags: dict[str, str] = field(default_factory=dict)
-    permissions: list[dict[str, str]] = field(default_factory=list)
+    # rule id -> (rule, creation time)
+    rules: dict[str, tuple[Rule, float]] = field(default_factory=dict)
+
+
+@dataclass
+class Vpc:
+    vpc_id: str
+    region_id: str
+    cidr: str
+    block: int  # the 127.X of the loopback block this VPC holds
+    name: str = ""
+    description: str = ""
+    status: str = "Pending"
+    creation_time: float = field(default_factory=time.time)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class VSwitch:
+    vswitch_id: str
+    vpc_id: str
+    region_id: str
+    zone_id: str
+    cidr: str
+    name: str = ""
+    description: str = ""
+    status: str = "Pending"
+    creation_time: float = field(default_factory=time.time)
+    tags: dict[str, str] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
+
+    def usable(self) -> Iterator[str]:
+        """Addresses instances may get: ECS keeps the first and the last three of every vSwitch."""
+        network = ipaddress.ip_network(self.cidr)
+        return (str(network[i]) for i in range(1, network.num_addresses - 3))
+
+    def free_count(self) -> int:
+        return ipaddress.ip_network(self.cidr).num_addresses - 4 - len(self.used)
 
 
 @dataclass
@@ -160,14 +218,19 @@ class Scheduler:
 class World:
     """All resources of one sandbox, and the lifecycle that moves them."""
 
-    def __init__(self, hosts: Hosts, network: int, timings: Timings) -> None:
+    def __init__(self, hosts: Hosts, blocks: Blocks, timings: Timings) -> None:
         self.hosts = hosts
-        self.network = network
+        self.blocks = blocks
+        # The sandbox's own block: the public addresses of its instances ("the internet").
+        self.network = blocks.claim()
         self.timings = timings
         self.lock = threading.RLock()
         self.instances: dict[str, Instance] = {}
         self.key_pairs: dict[tuple[str, str], KeyPair] = {}
         self.security_groups: dict[str, SecurityGroup] = {}
+        self.vpcs: dict[str, Vpc] = {}
+        self.vswitches: dict[str, VSwitch] = {}
+        self.public_ips: set[str] = set()
         self.invocations: dict[str, Invocation] = {}
         self.client_tokens: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]] = {}
         self.faults: dict[str, list[Fault]] = {}
@@ -176,20 +239,35 @@ class World:
         self.stuck: str | None = None
         self.requests: list[dict[str, Any]] = []
         self.released: dict[str, dict[str, float]] = {}
-        self._address_counter = itertools.count()
         self.scheduler = Scheduler()
         self.workers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sandbox-host")
 
     # -- addresses -------------------------------------------------------------------------
 
-    def allocate_private_ip(self) -> str:
-        n = next(self._address_counter)
-        return f"127.{self.network}.{n // 250}.{n % 250 + 2}"
+    def allocate_private_ip(self, vswitch: VSwitch) -> str | None:
+        """The vSwitch's lowest free address, or None when it has none left."""
+        for address in vswitch.usable():
+            if address not in vswitch.used:
+                vswitch.used.add(address)
+                return address
+        return None
 
-    @staticmethod
-    def public_ip_for(private_ip: str) -> str:
-        first, second, third, fourth = private_ip.split(".")
-        return f"{first}.{second}.{int(third) + 128}.{fourth}"
+    def allocate_public_ip(self) -> str:
+        for n in range(254 * 256):
+            address = f"127.{self.network}.{n // 254}.{n % 254 + 1}"
+            if address not in self.public_ips:
+                self.public_ips.add(address)
+                return address
+        raise RuntimeError("the sandbox has handed out every public address it has")
+
+    def settle(self, resource: Vpc | VSwitch) -> None:
+        """A new VPC or vSwitch becomes Available after the pending delay, as on Alibaba Cloud."""
+
+        def available() -> None:
+            with self.lock:
+                resource.status = "Available"
+
+        self.scheduler.after(self.timings.pending, available)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -225,6 +303,10 @@ class World:
         instance.events["released_at"] = time.time()
         self.released[instance.instance_id] = dict(instance.events)
         del self.instances[instance.instance_id]
+        vswitch = self.vswitches.get(instance.vswitch_id)
+        if vswitch is not None:
+            vswitch.used.discard(instance.private_ip)
+        self.public_ips.discard(instance.public_ip)
         self._outside_lock(lambda: self.hosts.destroy(instance.instance_id))
 
     def drop_ssh(self, instance_id: str, *, new_host_keys: bool) -> None:
@@ -348,3 +430,4 @@ class World:
         for instance_id in ids:
             self.hosts.destroy(instance_id)
         self.hosts.halt_all()
+        self.blocks.close()

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import _faults, _http, _state
-from ._catalog import DEFAULT_SECURITY_GROUP, DEFAULT_VPC
+from ._blocks import Blocks
 from ._errors import SandboxBusyError
 from ._faults import FaultOrder
 from ._hosts import Hosts, full_fidelity
-from ._model import ANY_REGION, SecurityGroup, Timings, World
+from ._model import Timings, World
 from ._state import SandboxInfo, default_state_dir
 
 DEFAULT_REGION = "cn-hangzhou"
@@ -48,8 +46,6 @@ class Sandbox:
         self.access_key_secret = ""
         self.world: World | None = None
         self._http: ThreadingHTTPServer | None = None
-        self._network: int | None = None
-        self._network_lock: IO[str] | None = None
         self._started_at = 0.0
         self._closed = threading.Event()
         self._finished = threading.Event()
@@ -76,7 +72,7 @@ class Sandbox:
             state_dir=self.state_dir,
             pid=os.getpid(),
             port=self.port,
-            network=f"127.{self._network}.0.0/16" if self._network is not None else "",
+            network=f"127.{self.world.network}.0.0/16" if self.world else "",
             full_fidelity=self.world.hosts.full if self.world else full_fidelity(),
             started_at=self._started_at,
         )
@@ -91,12 +87,8 @@ class Sandbox:
         self.state_dir.chmod(0o700)
         self._forget_dead_sandbox()
         self.access_key_id, self.access_key_secret = _state.credentials(self.state_dir)
-        self._network, self._network_lock = _claim_network()
         hosts = Hosts(self.state_dir, on_ssh_ready=self._ssh_ready)
-        self.world = World(hosts, self._network, self.timings)
-        self.world.security_groups[DEFAULT_SECURITY_GROUP] = SecurityGroup(
-            DEFAULT_SECURITY_GROUP, "sandbox-default", "Default group of the sandbox", ANY_REGION, DEFAULT_VPC
-        )
+        self.world = World(hosts, Blocks(), self.timings)
         self._http = _http.serve(self, self.requested_port)
         self._started_at = time.time()
         _state.write_info(self.info)
@@ -132,8 +124,6 @@ class Sandbox:
         if self.world:
             self.world.close()
         _state.forget_server(self.state_dir)
-        if self._network_lock:
-            self._network_lock.close()
         self._finished.set()
 
     def __enter__(self) -> Sandbox:
@@ -169,7 +159,7 @@ class Sandbox:
         }
 
     def log(self) -> dict[str, Any]:
-        """Every API request, each instance's event times and the rules of each security group."""
+        """Every API request and each instance's event times (rules: DescribeSecurityGroupAttribute)."""
         assert self.world is not None
         with self.world.lock:
             events = {**self.world.released}
@@ -177,9 +167,6 @@ class Sandbox:
             return {
                 "requests": list(self.world.requests),
                 "instances": events,
-                "security_groups": {
-                    group_id: group.permissions for group_id, group in self.world.security_groups.items()
-                },
             }
 
     def fault(self, order: FaultOrder | Mapping[str, Any]) -> None:
@@ -190,24 +177,3 @@ class Sandbox:
         """
         assert self.world is not None
         _faults.apply(self.world, order if isinstance(order, FaultOrder) else FaultOrder.from_json(order))
-
-
-def _claim_network() -> tuple[int, IO[str]]:
-    """Picks 127.X.0.0/16 for this sandbox's addresses, held by a lock for its lifetime."""
-    folder = Path(tempfile.gettempdir()) / "pymlsql-sandbox-networks"
-    folder.mkdir(exist_ok=True)
-    try:
-        folder.chmod(0o1777)
-    except PermissionError:
-        pass
-    for network in range(101, 255):
-        # Read-only is enough for flock, and lets users share lock files another user created.
-        fd = os.open(folder / f"127.{network}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
-        handle = os.fdopen(fd)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        return network, handle
-    raise SandboxBusyError("every sandbox network 127.101-254.0.0/16 is in use", hint="stop a sandbox first.")

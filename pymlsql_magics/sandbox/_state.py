@@ -55,6 +55,8 @@ class SandboxInfo:
             "ALIBABA_CLOUD_ACCESS_KEY_SECRET": self.access_key_secret,
             "ALIBABA_CLOUD_REGION_ID": self.region_id,
             "PYMLSQL_ECS_ENDPOINT": self.endpoint,
+            # The sandbox's clients run on this machine, "the internet": never ask its metadata service.
+            "PYMLSQL_METADATA_ENDPOINT": "off",
         }
 
     def exports(self) -> str:

@@ -1,13 +1,16 @@
-"""ECS 2014-05-26 actions: request parameters and response fields as the SDK's models name them.
+"""ECS 2014-05-26 and VPC 2016-04-28 actions: parameters and fields as the SDKs' models name them.
 
-Each resource's actions live in a module of their own and register themselves with `@action`.
+Each resource's actions live in a module of their own and register themselves with `@action`
+(ECS) or `@vpc_action` (the VPC product: VPCs, vSwitches).
 """
 
-from . import assistant, catalog, instances, key_pairs, network, tags
-from .registry import ACTIONS, Context, Handler, action
+from . import assistant, catalog, instances, key_pairs, security_groups, tags, vpc
+from .registry import ACTIONS, ECS_VERSION, VPC_VERSION, Context, Handler, action, vpc_action
 
 __all__ = [
     "ACTIONS",
+    "ECS_VERSION",
+    "VPC_VERSION",
     "Context",
     "Handler",
     "action",
@@ -15,6 +18,8 @@ __all__ = [
     "catalog",
     "instances",
     "key_pairs",
-    "network",
+    "security_groups",
     "tags",
+    "vpc",
+    "vpc_action",
 ]

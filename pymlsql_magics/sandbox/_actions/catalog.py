@@ -1,10 +1,11 @@
-"""What the sandbox offers: DescribeRegions, DescribeZones, DescribeImages, DescribeInstanceTypes."""
+"""What the sandbox offers: regions, zones, images, instance types, and where each type can be made."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .. import _catalog
+from .._api_errors import ApiError
 from .._params import Params, page, token_page
 from .registry import Context, action, region_of
 
@@ -42,6 +43,41 @@ def DescribeZones(ctx: Context, params: Params) -> dict[str, Any]:
                     "AvailableDiskCategories": {"DiskCategories": list(_catalog.DISK_CATEGORIES)},
                 }
                 for zone in _catalog.zones(region)
+            ]
+        }
+    }
+
+
+@action
+def DescribeAvailableResource(ctx: Context, params: Params) -> dict[str, Any]:
+    """Instance types by zone: every zone of the sandbox has stock of every type."""
+    region = region_of(params)
+    destination = params.required("DestinationResource")
+    if destination not in ("Zone", "InstanceType"):
+        raise ApiError("Invalid.DestinationResource", status=404,
+                       message="The sandbox answers DestinationResource Zone and InstanceType.")  # fmt: skip
+    wanted_zone = params.text("ZoneId")
+    if wanted_zone is not None and wanted_zone not in _catalog.zones(region):
+        raise ApiError("InvalidZoneId.NotFound")
+    wanted_type = params.text("InstanceType")
+    # A type ECS does not have is offered nowhere: no zone is answered, not an error.
+    types = [wanted_type] if wanted_type else sorted(_catalog.INSTANCE_TYPES)
+    types = [kind for kind in types if kind in _catalog.INSTANCE_TYPES]
+    zones = ([wanted_zone] if wanted_zone else _catalog.zones(region)) if types else []
+
+    def resources(zone: str) -> dict[str, Any]:
+        if destination == "Zone":
+            offered = [{"Value": zone, "Status": "Available", "StatusCategory": "WithStock"}]
+        else:
+            offered = [{"Value": kind, "Status": "Available", "StatusCategory": "WithStock"} for kind in types]
+        return {"AvailableResource": [{"Type": destination, "SupportedResources": {"SupportedResource": offered}}]}
+
+    return {
+        "AvailableZones": {
+            "AvailableZone": [
+                {"RegionId": region, "ZoneId": zone, "Status": "Available", "StatusCategory": "WithStock",
+                 "AvailableResources": resources(zone)}  # fmt: skip
+                for zone in zones
             ]
         }
     }

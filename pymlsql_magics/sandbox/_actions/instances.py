@@ -16,17 +16,19 @@ from typing import Any
 
 from .. import _catalog
 from .._api_errors import ApiError, invalid, missing
-from .._model import ANY_REGION, Instance, World, new_id
+from .._model import Instance, VSwitch, World, new_id
 from .._params import Params, page, token_page
 from .registry import (
     Context,
     action,
     ecs_time,
+    idempotent,
     instance_of,
     matches_tags,
     region_of,
     security_group_of,
     tags_out,
+    vswitch_of,
 )
 
 _MAX_USER_DATA = 32 * 1024
@@ -41,21 +43,7 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
         raise ApiError("InvalidImageId.NotFound")
     if instance_type not in _catalog.INSTANCE_TYPES:
         raise ApiError("InvalidInstanceType.ValueNotSupported")
-    zone = params.text("ZoneId") or _catalog.zones(region)[0]
-    if zone not in _catalog.zones(region):
-        raise ApiError("InvalidZoneId.NotFound")
-    group_ids = params.repeated("SecurityGroupIds")
-    single_group = params.text("SecurityGroupId")
-    if group_ids and single_group:
-        raise invalid("SecurityGroupId", "cannot be given together with SecurityGroupIds")
-    group_ids = group_ids or [single_group or _catalog.DEFAULT_SECURITY_GROUP]
-    for group_id in group_ids:
-        group = security_group_of(ctx, group_id)
-        if group.region_id not in (region, ANY_REGION):
-            raise ApiError("InvalidSecurityGroupId.NotFound")
-    vswitch = params.text("VSwitchId") or _catalog.DEFAULT_VSWITCH
-    if vswitch != _catalog.DEFAULT_VSWITCH:
-        raise ApiError("InvalidVSwitchId.NotFound")
+    zone, vswitch, group_ids = _network_settings(ctx, params, region)
     key_pair_name = params.text("KeyPairName", "") or ""
     if key_pair_name and (region, key_pair_name) not in ctx.world.key_pairs:
         raise ApiError("InvalidKeyPairName.NotFound")
@@ -83,7 +71,7 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
         "instance_type": instance_type,
         "zone_id": zone,
         "security_group_ids": group_ids,
-        "vswitch_id": vswitch,
+        "vswitch": vswitch,
         "key_pair_name": key_pair_name,
         "user_data": user_data,
         "bandwidth_out": bandwidth,
@@ -97,6 +85,30 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
         "auto_release_time": _auto_release_time(ctx, params.text("AutoReleaseTime")),
         "tags": params.new_tags(),
     }
+
+
+def _network_settings(ctx: Context, params: Params, region: str) -> tuple[str, VSwitch, list[str]]:
+    """The zone, vSwitch and groups of new instances, refused as ECS refuses a network that cannot be."""
+    zone = params.text("ZoneId")
+    if zone is not None and zone not in _catalog.zones(region):
+        raise ApiError("InvalidZoneId.NotFound")
+    vswitch = vswitch_of(ctx, params.text("VSwitchId"), region)
+    if vswitch.status != "Available":
+        raise ApiError("IncorrectVSwitchStatus", message=f"The vSwitch {vswitch.vswitch_id} is {vswitch.status}.")
+    if zone is not None and zone != vswitch.zone_id:
+        raise ApiError("InvalidParameter.Mismatch", message="Specified virtual switch is not in the specified zone.")
+    group_ids = params.repeated("SecurityGroupIds")
+    single_group = params.text("SecurityGroupId")
+    if group_ids and single_group:
+        raise invalid("SecurityGroupId", "cannot be given together with SecurityGroupIds")
+    group_ids = group_ids or ([single_group] if single_group else [])
+    if not group_ids:
+        raise missing("SecurityGroupId")
+    for group_id in group_ids:
+        if security_group_of(ctx, group_id, region).vpc_id != vswitch.vpc_id:
+            raise ApiError("InvalidParameter.Mismatch",
+                           message="Specified security group and virtual switch are not in the same VPC.")  # fmt: skip
+    return vswitch.zone_id, vswitch, group_ids
 
 
 def _user_data(encoded: str | None) -> bytes | None:
@@ -141,7 +153,10 @@ def _new_instance(ctx: Context, region: str, settings: dict[str, Any], index: in
     name = settings["name"] or instance_id
     if unique:
         hostname, name = f"{hostname}{index:03d}", f"{name}{index:03d}"
-    private_ip = ctx.world.allocate_private_ip()
+    vswitch: VSwitch = settings["vswitch"]
+    private_ip = ctx.world.allocate_private_ip(vswitch)
+    if private_ip is None:
+        raise ApiError("QuotaExceeded.PrivateIpAddress", message="Don't have enough private IPs in this switch")
     instance = Instance(
         instance_id=instance_id,
         region_id=region,
@@ -152,7 +167,8 @@ def _new_instance(ctx: Context, region: str, settings: dict[str, Any], index: in
         image_id=settings["image_id"],
         instance_type=settings["instance_type"],
         security_group_ids=list(settings["security_group_ids"]),
-        vswitch_id=settings["vswitch_id"],
+        vpc_id=vswitch.vpc_id,
+        vswitch_id=vswitch.vswitch_id,
         key_pair_name=settings["key_pair_name"],
         private_ip=private_ip,
         bandwidth_out=settings["bandwidth_out"],
@@ -178,23 +194,6 @@ def _free_port(address: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def _idempotent(ctx: Context, name: str, params: Params, create: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    token = params.text("ClientToken")
-    if token is None:
-        return create()
-    if len(token) > 64 or not token.isascii():
-        raise invalid("ClientToken", "must be at most 64 ASCII characters")
-    request = {key: value for key, value in params.values.items() if key != "ClientToken"}
-    remembered = ctx.world.client_tokens.get((name, token))
-    if remembered is not None:
-        if remembered[0] != request:
-            raise ApiError("IdempotentParameterMismatch")
-        return remembered[1]
-    answer = create()
-    ctx.world.client_tokens[(name, token)] = (request, answer)
-    return answer
-
-
 @action
 def RunInstances(ctx: Context, params: Params) -> dict[str, Any]:
     region = region_of(params)
@@ -212,12 +211,12 @@ def RunInstances(ctx: Context, params: Params) -> dict[str, Any]:
         for index in range(1, amount + 1):
             instance = _new_instance(ctx, region, settings, index, unique)
             if instance.bandwidth_out > 0:
-                instance.public_ip = ctx.world.public_ip_for(instance.private_ip)
+                instance.public_ip = ctx.world.allocate_public_ip()
             ctx.world.add(instance, start=True)
             ids.append(instance.instance_id)
         return {"InstanceIdSets": {"InstanceIdSet": ids}}
 
-    return _idempotent(ctx, "RunInstances", params, create)
+    return idempotent(ctx, "RunInstances", params, create)
 
 
 @action
@@ -230,7 +229,7 @@ def CreateInstance(ctx: Context, params: Params) -> dict[str, Any]:
         ctx.world.add(instance, start=False)
         return {"InstanceId": instance.instance_id}
 
-    return _idempotent(ctx, "CreateInstance", params, create)
+    return idempotent(ctx, "CreateInstance", params, create)
 
 
 @action
@@ -242,7 +241,7 @@ def AllocatePublicIpAddress(ctx: Context, params: Params) -> dict[str, Any]:
         raise ApiError("AllocateIpInvalidInstanceBandwidth")
     if instance.status not in ("Running", "Stopped"):
         raise ApiError("IncorrectInstanceStatus")
-    instance.public_ip = ctx.world.public_ip_for(instance.private_ip)
+    instance.public_ip = ctx.world.allocate_public_ip()
     if instance.status == "Running":
         # The running sshd must also answer on the new address: reboot its machine quietly.
         instance_id = instance.instance_id
@@ -389,7 +388,7 @@ def _instance_out(instance: Instance) -> dict[str, Any]:
         "InnerIpAddress": {"IpAddress": []},
         "EipAddress": {"IpAddress": "", "AllocationId": "", "Bandwidth": 0},
         "VpcAttributes": {
-            "VpcId": _catalog.DEFAULT_VPC,
+            "VpcId": instance.vpc_id,
             "VSwitchId": instance.vswitch_id,
             "NatIpAddress": "",
             "PrivateIpAddress": {"IpAddress": [instance.private_ip]},
@@ -438,6 +437,7 @@ def DescribeInstances(ctx: Context, params: Params) -> dict[str, Any]:
         "image_id": params.text("ImageId"),
         "key_pair_name": params.text("KeyPairName"),
         "vswitch_id": params.text("VSwitchId"),
+        "vpc_id": params.text("VpcId"),
     }
     group = params.text("SecurityGroupId")
     tags = params.tags()

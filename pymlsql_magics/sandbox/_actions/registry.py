@@ -7,12 +7,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import _catalog
-from .._api_errors import ApiError, missing
-from .._model import Instance, SecurityGroup, World
+from .._api_errors import ApiError, invalid, missing
+from .._model import Instance, SecurityGroup, Vpc, VSwitch, World
 from .._params import Params
 
 Handler = Callable[["Context", Params], dict[str, Any]]
-ACTIONS: dict[str, Handler] = {}
+ECS_VERSION = "2014-05-26"
+VPC_VERSION = "2016-04-28"
+# API version -> action name -> handler: the sandbox answers ECS and the VPC product on one endpoint,
+# told apart as Alibaba Cloud's gateway tells them apart, by the version the SDK sends.
+ACTIONS: dict[str, dict[str, Handler]] = {ECS_VERSION: {}, VPC_VERSION: {}}
 
 
 class Context:
@@ -23,7 +27,13 @@ class Context:
 
 def action(function: Handler, *, name: str | None = None) -> Handler:
     """Registers an ECS action under its function's name, or under `name`."""
-    ACTIONS[name or function.__name__] = function
+    ACTIONS[ECS_VERSION][name or function.__name__] = function
+    return function
+
+
+def vpc_action(function: Handler) -> Handler:
+    """Registers an action of the VPC product (2016-04-28) under its function's name."""
+    ACTIONS[VPC_VERSION][function.__name__] = function
     return function
 
 
@@ -60,8 +70,53 @@ def instance_of(ctx: Context, instance_id: str | None) -> Instance:
     return found
 
 
-def security_group_of(ctx: Context, group_id: str) -> SecurityGroup:
+def security_group_of(ctx: Context, group_id: str, region: str | None = None) -> SecurityGroup:
     group = ctx.world.security_groups.get(group_id)
-    if group is None:
+    if group is None or (region is not None and group.region_id != region):
         raise ApiError("InvalidSecurityGroupId.NotFound")
     return group
+
+
+def vpc_of(ctx: Context, vpc_id: str | None, region: str) -> Vpc:
+    if not vpc_id:
+        raise missing("VpcId")
+    found = ctx.world.vpcs.get(vpc_id)
+    if found is None or found.region_id != region:
+        raise ApiError("InvalidVpcId.NotFound", message=f"Specified VPC {vpc_id} does not exist.")
+    return found
+
+
+def vswitch_of(ctx: Context, vswitch_id: str | None, region: str) -> VSwitch:
+    if not vswitch_id:
+        raise missing("VSwitchId")
+    found = ctx.world.vswitches.get(vswitch_id)
+    if found is None or found.region_id != region:
+        raise ApiError("InvalidVSwitchId.NotFound")
+    return found
+
+
+def vpc_time(epoch: float) -> str:
+    """The VPC product's time format, to the second (ECS's own stops at minutes)."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def vpc_tags_out(tags: dict[str, str]) -> dict[str, Any]:
+    return {"Tag": [{"Key": key, "Value": value} for key, value in tags.items()]}
+
+
+def idempotent(ctx: Context, name: str, params: Params, create: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Runs `create` once per ClientToken: a retried request gets the first answer again."""
+    token = params.text("ClientToken")
+    if token is None:
+        return create()
+    if len(token) > 64 or not token.isascii():
+        raise invalid("ClientToken", "must be at most 64 ASCII characters")
+    request = {key: value for key, value in params.values.items() if key != "ClientToken"}
+    remembered = ctx.world.client_tokens.get((name, token))
+    if remembered is not None:
+        if remembered[0] != request:
+            raise ApiError("IdempotentParameterMismatch")
+        return remembered[1]
+    answer = create()
+    ctx.world.client_tokens[(name, token)] = (request, answer)
+    return answer

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .._api_errors import ApiError, invalid, missing
-from .._model import ANY_REGION
 from .._params import Params, token_page
 from .registry import Context, action, matches_tags, region_of
 
@@ -38,7 +37,7 @@ def _all_taggable(ctx: Context, region: str, resource_type: str) -> list[tuple[s
         return [
             (g.security_group_id, g.tags)
             for g in ctx.world.security_groups.values()
-            if g.region_id in (region, ANY_REGION)
+            if g.region_id == region
         ]
     if kind == "keypair":
         return [(p.name, p.tags) for p in ctx.world.key_pairs.values() if p.region_id == region]
