@@ -27,8 +27,9 @@ def _network(client: Client, vpcs: VpcClient, region: str) -> tuple[str, str]:
     while (found := vpcs.describe_vpcs(vpc.DescribeVpcsRequest(region_id=region, vpc_id=vpc_id)).body.vpcs.vpc[0]
            ).status != "Available":  # fmt: skip
         time.sleep(0.05)
-    vswitch_id = vpcs.create_vswitch(vpc.CreateVSwitchRequest(region_id=region, vpc_id=vpc_id, zone_id=f"{region}-h",
-                                                              cidr_block=found.cidr_block)).body.v_switch_id  # fmt: skip
+    request = vpc.CreateVSwitchRequest(region_id=region, vpc_id=vpc_id, zone_id=f"{region}-h",
+                                       cidr_block=found.cidr_block)  # fmt: skip
+    vswitch_id = vpcs.create_vswitch(request).body.v_switch_id
     while vpcs.describe_vswitches(vpc.DescribeVSwitchesRequest(region_id=region, v_switch_id=vswitch_id)
                                   ).body.v_switches.v_switch[0].status != "Available":  # fmt: skip
         time.sleep(0.05)
