@@ -17,6 +17,7 @@ import pytest
 
 from pymlsql_magics._embedded import with_sandbox_fallback
 from pymlsql_magics.core import ConfigError, EcsApiError, EcsConfig, Fleet
+from pymlsql_magics.core._api_calls import ApiCaller
 from pymlsql_magics.core._ecs import EcsClient
 from pymlsql_magics.sandbox import Sandbox
 from pymlsql_magics.sandbox import stop as stop_sandbox
@@ -239,7 +240,7 @@ def test_server_errors_are_retried_with_growing_backoff_then_raised(recorder: tu
     endpoint, handler = recorder
     handler.answers = [(503, ecs_error("ServiceUnavailable", "busy", f"REQ-{n}")) for n in range(1, 5)]
     sleeps: list[float] = []
-    client = EcsClient(secret_config(endpoint=endpoint, api_attempts=4), sleep=sleeps.append, jitter=lambda: 1.0)
+    client = caller(secret_config(endpoint=endpoint, api_attempts=4), sleep=sleeps.append, jitter=lambda: 1.0)
 
     with pytest.raises(EcsApiError) as caught:
         client.describe()
@@ -256,7 +257,7 @@ def test_jitter_spreads_each_backoff_below_its_cap(recorder: tuple[str, type[Rec
     handler.answers = [(400, ecs_error("Throttling.User")), (400, ecs_error("Throttling.User")), (200, empty)]
     sleeps: list[float] = []
     jitters = iter([0.25, 0.5])
-    client = EcsClient(secret_config(endpoint=endpoint), sleep=sleeps.append, jitter=lambda: next(jitters))
+    client = caller(secret_config(endpoint=endpoint), sleep=sleeps.append, jitter=lambda: next(jitters))
 
     assert client.describe() == []
 
@@ -268,7 +269,7 @@ def test_an_endpoint_that_does_not_answer_is_an_api_error_with_a_hint() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     sleeps: list[float] = []
-    client = EcsClient(secret_config(endpoint=f"http://127.0.0.1:{port}", api_attempts=2), sleep=sleeps.append)
+    client = caller(secret_config(endpoint=f"http://127.0.0.1:{port}", api_attempts=2), sleep=sleeps.append)
 
     with pytest.raises(EcsApiError) as caught:
         client.describe()
@@ -395,3 +396,8 @@ def test_every_name_in_core_all_exists_once() -> None:
 
     assert len(set(core.__all__)) == len(core.__all__)
     assert [name for name in core.__all__ if not hasattr(core, name)] == []
+
+
+def caller(config: EcsConfig, **clock: Any) -> EcsClient:
+    """An EcsClient whose retries wait on `clock`'s fake sleep and jitter instead of real time."""
+    return EcsClient(config, call=ApiCaller(config, **clock))

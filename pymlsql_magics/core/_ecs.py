@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
 from types import MappingProxyType
@@ -30,16 +29,10 @@ _BATCH = 100
 class EcsClient:
     """The ECS operations this project needs, over one SDK client."""
 
-    def __init__(
-        self,
-        config: EcsConfig,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        jitter: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, config: EcsConfig, *, call: ApiCaller | None = None) -> None:
         self.config = config
         self.region_id = config.region_id
-        self._call = ApiCaller(config, sleep=sleep, jitter=jitter)
+        self._call = call or ApiCaller(config)
         self._client = Client(sdk_config(config))
 
     def __repr__(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _catalog
 from .._api_errors import ApiError, invalid, missing
@@ -78,20 +78,25 @@ def security_group_of(ctx: Context, group_id: str, region: str | None = None) ->
 
 
 def vpc_of(ctx: Context, vpc_id: str | None, region: str) -> Vpc:
-    if not vpc_id:
-        raise missing("VpcId")
-    found = ctx.world.vpcs.get(vpc_id)
-    if found is None or found.region_id != region:
-        raise ApiError("InvalidVpcId.NotFound", message=f"Specified VPC {vpc_id} does not exist.")
-    return found
+    return _in_region(ctx.world.vpcs, "VpcId", vpc_id, region,
+                      ApiError("InvalidVpcId.NotFound", message=f"Specified VPC {vpc_id} does not exist."))  # fmt: skip
 
 
 def vswitch_of(ctx: Context, vswitch_id: str | None, region: str) -> VSwitch:
-    if not vswitch_id:
-        raise missing("VSwitchId")
-    found = ctx.world.vswitches.get(vswitch_id)
+    return _in_region(ctx.world.vswitches, "VSwitchId", vswitch_id, region, ApiError("InvalidVSwitchId.NotFound"))
+
+
+Regional = TypeVar("Regional", Vpc, VSwitch)
+
+
+def _in_region(table: dict[str, Regional], name: str, wanted: str | None, region: str,
+               absent: ApiError) -> Regional:  # fmt: skip
+    """The resource `name` = `wanted` of `region`; MissingParameter if not given, `absent` if not there."""
+    if not wanted:
+        raise missing(name)
+    found = table.get(wanted)
     if found is None or found.region_id != region:
-        raise ApiError("InvalidVSwitchId.NotFound")
+        raise absent
     return found
 
 
