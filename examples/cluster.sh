@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A cluster deployment in the style of PyMLSQL's scripts: start a master with a public IP and a
-# new key pair, configure it as root and as webuser, copy files up and back, release it.
-# Runs unchanged against Alibaba Cloud or the local sandbox (eval "$(pymlsql sandbox start)").
+# new key pair, add the user webuser and configure it, copy files up and back, release it.
+# Runs unchanged against Alibaba Cloud or the local sandbox (eval "$(pymlsql sandbox start)"):
+# the network it needs (VPC, vSwitch, a group open to SSH) is found or made by `pymlsql start`,
+# and `pymlsql network delete` removes it afterwards.
 set -euo pipefail
 
 export MLSQL_KEY_PARE_NAME=${MLSQL_KEY_PARE_NAME:-mlsql-build-env-local}
-IMAGE_ID=${IMAGE_ID:-m-sandbox-webuser}
+IMAGE_ID=${IMAGE_ID:-ubuntu_22_04_x64_20G_alibase_20240926.vhd}  # a public image: root only
 INSTANCE_TYPE=${INSTANCE_TYPE:-ecs.g7.large}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -18,10 +20,11 @@ public_ip=$(grep '^public_ip:' "${WORK}/master" | cut -d ':' -f2)
 intern_ip=$(grep '^intern_ip:' "${WORK}/master" | cut -d ':' -f2)
 echo "master ${instance_id} public ${public_ip} intern ${intern_ip}"
 
-# Configure it as root.
+# Configure it as root: the user webuser, who may log in with the same key.
 SCRIPT_FILE="${WORK}/k.sh"
 cat << SCRIPT > "${SCRIPT_FILE}"
 #!/usr/bin/env bash
+id webuser > /dev/null 2>&1 || useradd --create-home --shell /bin/bash webuser
 mkdir -p /home/webuser/.ssh
 cp /root/.ssh/authorized_keys /home/webuser/.ssh/
 chown -R webuser:webuser /home/webuser/.ssh

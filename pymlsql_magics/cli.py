@@ -302,12 +302,12 @@ def _copy_to_local(fleet: Fleet, args: argparse.Namespace) -> int:
 def _list(fleet: Fleet, args: argparse.Namespace) -> int:
     instances = fleet.find(args.name)
     if args.output == "json":
-        print(json.dumps([_as_json(instance) for instance in instances], indent=2))
+        print(json.dumps([{**_as_json(i), "ssh_via": fleet.reach(i)} for i in instances], indent=2))
         return 0
     for instance in instances:
         name = instance.tags.get("pymlsql:name", "-")
         print(f"{instance.instance_id}  {instance.status:<8}  {name:<16}  {instance.private_ip:<15}  "
-              f"{instance.public_ip or '-'}")  # fmt: skip
+              f"{instance.public_ip or '-':<15}  ssh via {fleet.reach(instance)}")  # fmt: skip
     return 0
 
 

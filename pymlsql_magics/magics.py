@@ -205,9 +205,13 @@ class EcsMagics(Magics, Settings):
             spec = launch_spec(vars(args), {name: getattr(self, name) for name in START_TRAITS})
             fleet = self._session(region_id=args.region)
             view = StartView(sandbox=self._sandboxed, live=has_widget_frontend())
-            instances = fleet.start(spec, watch=view.update)
+
+            def watch(instances: list[Instance], ssh_ready: set[str]) -> None:
+                view.update(instances, ssh_ready, {i.instance_id: fleet.reach(i) for i in instances})
+
+            instances = fleet.start(spec, watch=watch)
             view.finish()
-        return InstanceList(instances)
+        return InstanceList(instances, via={i.instance_id: fleet.reach(i) for i in instances})
 
     @cell_magic
     @magic_arguments()
@@ -315,7 +319,9 @@ class EcsMagics(Magics, Settings):
         """The instances this tool created, found again by tag (also after a kernel restart)."""
         args = _parse(self.ecs_list, line)
         with _as_usage_error():
-            return InstanceList(self._session().find(args.name))
+            fleet = self._session()
+            found = fleet.find(args.name)
+            return InstanceList(found, via={i.instance_id: fleet.reach(i) for i in found})
 
     @line_magic
     @magic_arguments()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import html
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,17 @@ class StartView(_TextRecord, widgets.VBox):
         super().__init__(children=[self.table])
         self._sandbox = sandbox
         self._live = live
-        self._rows: list[tuple[str, str, str, str, str]] = []
+        self._rows: list[tuple[str, str, str, str, str, str]] = []
         self._lock = threading.Lock()
         self._printed: dict[str, str] = {}
         self._handle = display(self, display_id=True) if live else None
 
-    def update(self, instances: list[Instance], ssh_ready: set[str]) -> None:
+    def update(self, instances: list[Instance], ssh_ready: set[str], via: Mapping[str, str] | None = None) -> None:
+        """`via`: how this client reaches each instance (public, private), shown beside SSH."""
         rows = [
             (i.instance_id, i.status, i.private_ip or "-", i.public_ip or "-",
-             "ready" if i.instance_id in ssh_ready else ("waiting" if i.status == "Running" else "-"))
+             "ready" if i.instance_id in ssh_ready else ("waiting" if i.status == "Running" else "-"),
+             (via or {}).get(i.instance_id, "-"))
             for i in instances
         ]  # fmt: skip
         with self._lock:
@@ -69,7 +72,7 @@ class StartView(_TextRecord, widgets.VBox):
                 self.table.value = self._html()
                 return
             for row in rows:
-                line = f"{row[0]}  {row[1]:<8}  {row[2]:<15}  {row[3]:<15}  ssh {row[4]}"
+                line = f"{row[0]}  {row[1]:<8}  {row[2]:<15}  {row[3]:<15}  ssh {row[4]} via {row[5]}"
                 if self._printed.get(row[0]) != line:
                     self._printed[row[0]] = line
                     print(("[sandbox] " if self._sandbox else "") + line, flush=True)
@@ -80,7 +83,8 @@ class StartView(_TextRecord, widgets.VBox):
 
     def _html(self) -> str:
         cell = 'style="padding:2px 16px 2px 0;text-align:left"'
-        head = "".join(f"<th {cell}>{name}</th>" for name in ("instance", "status", "private IP", "public IP", "SSH"))
+        names = ("instance", "status", "private IP", "public IP", "SSH", "via")
+        head = "".join(f"<th {cell}>{name}</th>" for name in names)
         cells = ("".join(f"<td {cell}>{html.escape(value)}</td>" for value in row) for row in self._rows)
         body = "".join(f"<tr>{row}</tr>" for row in cells)
         badge = _SANDBOX_BADGE if self._sandbox else ""
@@ -88,7 +92,7 @@ class StartView(_TextRecord, widgets.VBox):
 
     def text(self) -> str:
         lines = ["[sandbox]"] if self._sandbox else []
-        lines += [f"{r[0]}  {r[1]:<8}  {r[2]:<15}  {r[3]:<15}  ssh {r[4]}" for r in self._rows]
+        lines += [f"{r[0]}  {r[1]:<8}  {r[2]:<15}  {r[3]:<15}  ssh {r[4]} via {r[5]}" for r in self._rows]
         return "\n".join(lines) or "starting…"
 
 

@@ -155,8 +155,9 @@ def _start_table_shows_running_instances_with_addresses(page: NotebookPage, inde
     assert any(row[1] != "Running" or row[4] != "ready" for rows in live for row in rows), live
     assert shown["header"].startswith("SANDBOX "), shown["header"]
     assert len(shown["rows"]) == 2, shown["rows"]
-    for instance_id, status, private_ip, public_ip, ssh in shown["rows"]:
+    for instance_id, status, private_ip, public_ip, ssh, via in shown["rows"]:
         assert instance_id.startswith("i-") and status == "Running" and ssh == "ready", shown["rows"]
+        assert via == "public", shown["rows"]  # the table says which address this client dials
         # Started from this machine, outside their VPC, they get the public addresses that reach them.
         assert re.fullmatch(r"127\.\d+\.\d+\.\d+", private_ip), shown["rows"]
         assert re.fullmatch(r"127\.\d+\.\d+\.\d+", public_ip) and public_ip != private_ip, shown["rows"]

@@ -74,6 +74,12 @@ class Fleet:
         """Where this client runs, which decides the address each instance is reached at."""
         return find_whereabouts(self.config.metadata_endpoint)
 
+    def reach(self, instance: Instance) -> str:
+        """How this client reaches `instance`: "public", "private", or "none" (outside, no public IP)."""
+        if self.whereabouts.inside(instance.vpc_id):
+            return "private"
+        return "public" if instance.public_ip else "none"
+
     def dials_public(self, instance: Instance, public: bool | None = None) -> bool:
         """Whether to reach `instance` at its public address: as forced, else when outside its VPC."""
         if public is None:

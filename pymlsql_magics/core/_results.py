@@ -145,12 +145,14 @@ def naming(instance_id: str, error: object) -> str:
 class InstanceList(Sequence[Instance]):
     """A fleet of instances, as %ecs_start returns it: indexable, iterable, shown as a table."""
 
-    def __init__(self, instances: Iterable[Instance]) -> None:
+    def __init__(self, instances: Iterable[Instance], *, via: Mapping[str, str] | None = None) -> None:
         self._instances = tuple(instances)
+        # instance id -> how this client reaches it (public, private, none), shown as "ssh via"
+        self._via = dict(via or {})
 
     def __getitem__(self, index):  # type: ignore[no-untyped-def]
         if isinstance(index, slice):
-            return InstanceList(self._instances[index])
+            return InstanceList(self._instances[index], via=self._via)
         return self._instances[index]
 
     def __len__(self) -> int:
@@ -170,16 +172,22 @@ class InstanceList(Sequence[Instance]):
 
     _COLUMNS = ("instance_id", "name", "status", "private_ip", "public_ip", "hostname")
 
+    def _table(self) -> list[tuple[str, ...]]:
+        columns = self._COLUMNS + (("ssh_via",) if self._via else ())
+        rows = [tuple(str(getattr(i, c) or "-") for c in self._COLUMNS) for i in self._instances]
+        if self._via:
+            rows = [row + (self._via.get(i.instance_id, "-"),) for row, i in zip(rows, self._instances, strict=True)]
+        return [columns, *rows]
+
     def __repr__(self) -> str:
-        rows = [self._COLUMNS] + [tuple(getattr(i, c) or "-" for c in self._COLUMNS) for i in self._instances]
-        widths = [max(len(row[column]) for row in rows) for column in range(len(self._COLUMNS))]
+        rows = self._table()
+        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
         return f"{len(self._instances)} instance(s)\n" + "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(column)}</th>" for column in self._COLUMNS)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(getattr(i, c) or '-'))}</td>" for c in self._COLUMNS) + "</tr>"
-            for i in self._instances
-        )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        head, *rows = self._table()
+        cells = ("".join(f"<td>{html.escape(cell)}</td>" for cell in row) for row in rows)
+        body = "".join(f"<tr>{row}</tr>" for row in cells)
+        heads = "".join(f"<th>{html.escape(column)}</th>" for column in head)
+        return f"<table><thead><tr>{heads}</tr></thead><tbody>{body}</tbody></table>"
