@@ -404,10 +404,12 @@ def test_list_shows_what_this_tool_created(env: dict[str, str], master: dict[str
     listed = pymlsql(env, "list", "--name", master["name"])
     assert listed.returncode == 0, listed.stderr
     (line,) = listed.stdout.splitlines()
-    assert line.split() == [master["id"], "Running", master["name"], master["intern"], master["public"]]
+    assert line.split() == [master["id"], "Running", master["name"], master["intern"], master["public"],
+                            "ssh", "via", "public"]  # fmt: skip
 
     as_json = json.loads(pymlsql(env, "list", "--output", "json").stdout)
-    assert master["id"] in {item["instance_id"] for item in as_json}
+    (item,) = [item for item in as_json if item["instance_id"] == master["id"]]
+    assert item["ssh_via"] == "public"
 
 
 def test_stop_by_name_keeps_disks_then_releases_and_exec_labels_many_instances(
