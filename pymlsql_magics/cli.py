@@ -85,8 +85,9 @@ def _ssh_flags() -> _Parser:
     ssh.add_argument("--key-pair-name", metavar="NAME",
                      help="key pair whose private key is ~/.ssh/NAME (default: MLSQL_KEY_PARE_NAME, "
                           "else the instance's own key pair)")  # fmt: skip
-    ssh.add_argument("--need-public-ip", type=parse_flag, nargs="?", const=True, default=False, metavar="true|false",
-                     help="connect through the public IP (default false: the private IP)")  # fmt: skip
+    ssh.add_argument("--need-public-ip", type=parse_flag, nargs="?", const=True, default=None, metavar="true|false",
+                     help="true: connect through the public IP, false: the private IP (default: the public IP "
+                          "from outside the instance's VPC, the private IP inside it)")  # fmt: skip
     return ssh
 
 

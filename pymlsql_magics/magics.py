@@ -221,7 +221,9 @@ class EcsMagics(Magics, Settings):
     @argument("--env", action="append", metavar="KEY=VALUE", help="Environment variable; repeatable.")
     @argument("--allow-fail", action="store_true", help="Keep the cell green when a script exits non-zero.")
     @argument("-o", "--out", metavar="NAME", help="Store the results (instance id -> result) in this variable.")
-    @argument("--public", action="store_true", help="Connect through the public IPs.")
+    @argument("--public", action="store_const", const=True, default=None,
+              help="Connect through the public IPs (default: public from outside the instances' VPC, "
+                   "private inside it).")  # fmt: skip
     @argument("--pty", action="store_true", help="Run on a terminal (for programs that need one); merges stderr.")
     def ecs_exec(self, line: str, cell: str) -> None:
         """Run the cell as a bash script on each instance, streaming its output live."""
@@ -260,7 +262,9 @@ class EcsMagics(Magics, Settings):
     @argument("source", help="Local path, or TARGET:/path on instances.")
     @argument("target", help="Local path, or TARGET:/path on instances.")
     @argument("--user", help="Owner of copies on instances; relative remote paths start at their home.")
-    @argument("--public", action="store_true", help="Connect through the public IPs.")
+    @argument("--public", action="store_const", const=True, default=None,
+              help="Connect through the public IPs (default: public from outside the instances' VPC, "
+                   "private inside it).")  # fmt: skip
     def ecs_copy(self, line: str) -> None:
         """Copy files or directories, scp-style: %ecs_copy ./conf nodes:/home/webuser --user webuser"""
         args = _parse(self.ecs_copy, line)

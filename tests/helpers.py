@@ -166,7 +166,12 @@ def run(
     instance_type: str = "ecs.g7.large",
     **fields: Any,
 ) -> list[str]:
-    """RunInstances through the SDK; the ids are recorded in `launched` for release."""
+    """RunInstances through the SDK; the ids are recorded in `launched` for release.
+
+    Instances get a public address unless `fields` say otherwise: this machine reaches no other.
+    """
+    fields.setdefault("internet_max_bandwidth_out", 100)
+    fields.setdefault("internet_max_bandwidth_in", 100)
     request = ecs.RunInstancesRequest(region_id=region, image_id=image_id, instance_type=instance_type,
                                       **placed(client, region, fields))  # fmt: skip
     ids = client.run_instances(request).body.instance_id_sets.instance_id_set
@@ -174,7 +179,8 @@ def run(
     return ids
 
 
-def address(instance: Any, *, public: bool = False) -> str:
+def address(instance: Any, *, public: bool = True) -> str:
+    """The address this machine dials (the public one), or with `public=False` the private one."""
     if public:
         return instance.public_ip_address.ip_address[0]
     return instance.vpc_attributes.private_ip_address.ip_address[0]

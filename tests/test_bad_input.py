@@ -69,7 +69,7 @@ def node(sandbox: Sandbox, env: dict[str, str], home: Path) -> Iterator[dict[str
                    "--name", unique("bad-node"), "--output", "json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     (item,) = json.loads(done.stdout)
-    info = {"id": item["instance_id"], "ip": item["intern_ip"], "key": key, "key_path": home / ".ssh" / key}
+    info = {"id": item["instance_id"], "ip": item["public_ip"], "key": key, "key_path": home / ".ssh" / key}
     yield info
     pymlsql(env, "stop", "--instance-id", info["id"])
 

@@ -237,11 +237,19 @@ def test_exec_shell_as_webuser_runs_a_login_shell_in_its_home(
     assert done.stdout.splitlines() == ["webuser", "/home/webuser", "/home/webuser", "yes"]
 
 
-def test_exec_shell_through_the_public_ip(env: dict[str, str], master: dict[str, Any], tmp_path: Path) -> None:
-    done = pymlsql(env, "exec-shell", "--instance-id", master["id"], "--need-public-ip", "true",
-                   "--script-file", script(tmp_path, 'echo "$SSH_CONNECTION" | cut -d" " -f3'))  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == f"{master['public']}\n"
+def test_exec_shell_reaches_the_public_ip_by_default_and_the_flag_still_forces_a_choice(
+    env: dict[str, str], master: dict[str, Any], tmp_path: Path
+) -> None:
+    # Behind the public address is NAT, as on ECS: the instance sees its private address.
+    what = script(tmp_path, 'echo "$SSH_CONNECTION" | cut -d" " -f3')
+    for forced in ([], ["--need-public-ip", "true"]):
+        done = pymlsql(env, "exec-shell", "--instance-id", master["id"], *forced, "--script-file", what)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"{master['intern']}\n"
+    # This machine is outside the VPC: forced onto the private address, it finds nothing there.
+    done = pymlsql(env, "exec-shell", "--instance-id", master["id"], "--need-public-ip", "false", "--script-file", what)
+    assert done.returncode == 1
+    assert f"({master['intern']}:22): Connection refused" in done.stderr
 
 
 def test_exec_shell_timeout_stops_the_script(env: dict[str, str], master: dict[str, Any], tmp_path: Path) -> None:

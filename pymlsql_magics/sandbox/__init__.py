@@ -15,7 +15,7 @@ from ._cli import add_commands, run
 from ._errors import HostError, SandboxBusyError, SandboxControlError, SandboxError, UserDataError
 from ._faults import FaultOrder
 from ._model import Timings
-from ._sandbox import Sandbox
+from ._sandbox import Sandbox, SandboxWarning
 from ._state import SandboxInfo, default_state_dir
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "SandboxControlError",
     "SandboxError",
     "SandboxInfo",
+    "SandboxWarning",
     "Timings",
     "UserDataError",
     "add_commands",

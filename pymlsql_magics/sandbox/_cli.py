@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +16,8 @@ from ._errors import SandboxControlError, SandboxError
 from ._faults import STUCK_STATUSES, FaultOrder
 from ._hosts import find_sshd, full_fidelity
 from ._model import Timings
-from ._sandbox import DEFAULT_REGION, Sandbox
+from ._throttle import parse_link
+from ._sandbox import DEFAULT_REGION, Sandbox, SandboxWarning
 from ._state import SandboxInfo, state_dir_or_default
 
 _DEFAULTS = Timings()
@@ -110,6 +112,23 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         "--auto-release-lead", type=float, default=_DEFAULTS.auto_release_lead, metavar="SECONDS",
         help="how far ahead AutoReleaseTime must be, as ECS requires (default %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--bandwidth-caps", choices=("on", "off"), default="on",
+        help="cap traffic through public addresses by each instance's InternetMaxBandwidthOut/In, "
+             "as ECS does (default on; off for benchmarks that compare tools, not links)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--client-link", metavar="UP[/DOWN]", type=_client_link,
+        help="model this machine's own link to public addresses, in Mbit/s, shared by all its "
+             "connections (for example 20/100; default: not limited)",
+    )  # fmt: skip
+
+
+def _client_link(text: str) -> tuple[float, float]:
+    try:
+        return parse_link(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         if not full_fidelity():
             print(
                 "pymlsql sandbox: not running as root, so instances are degraded: sshd runs as "
-                "you on a high port (tag pymlsql:ssh-port) and files and users are shared.",
+                "you on a high port (tag pymlsql:ssh-port), files and users are shared, and network "
+                "rules are not enforced (private addresses answer from this machine, security groups "
+                "and bandwidth caps are not applied).",
                 file=sys.stderr,
             )
     if command == "start":
@@ -162,6 +183,8 @@ def _serve_args(args: argparse.Namespace) -> list[str]:
         "--stopping-delay", str(args.stopping_delay),
         "--boot-delay", str(args.boot_delay),
         "--auto-release-lead", str(args.auto_release_lead),
+        "--bandwidth-caps", args.bandwidth_caps,
+        *(["--client-link", "{:g}/{:g}".format(*args.client_link)] if args.client_link else []),
     ]  # fmt: skip
 
 
@@ -178,7 +201,13 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
         boot=args.boot_delay,
         auto_release_lead=args.auto_release_lead,
     )
-    sandbox = Sandbox(state_dir, port=args.port, region_id=args.region, timings=timings).start()
+    sandbox = Sandbox(
+        state_dir, port=args.port, region_id=args.region, timings=timings,
+        bandwidth_caps=args.bandwidth_caps == "on", client_link=args.client_link,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SandboxWarning)  # said above already
+        sandbox.start()
 
     def close(signum: int, frame: object) -> None:
         sandbox.close()

@@ -1,14 +1,15 @@
 """The machines behind sandbox instances: one real OpenSSH sshd per Running instance.
 
-As root, each instance boots in its own mount, UTS and PID namespaces: an overlay over /etc
-(so `useradd` on one instance is not seen on another), bind mounts of its own /root, /home and
-/tmp, a private /run, its own hostname, and sshd listening on port 22 of the instance's own
-loopback addresses. The boot script stays PID 1; killing it ends every process of the instance,
+As root, each instance boots in its own mount, UTS, PID and network namespaces: an overlay over
+/etc (so `useradd` on one instance is not seen on another), bind mounts of its own /root, /home
+and /tmp, a private /run, its own hostname, its own network (see _wire.py) and sshd listening on
+port 22 of every address it has. The boot script stays PID 1; killing it ends every process of the instance,
 which is how stop, reboot and the fault injections end it, and it exits by itself when the
 sandbox's process ends. The disk is a folder that survives stops.
 
 Without root it degrades: sshd runs as the current user on a high port of the instance's
-address (reported as tag `pymlsql:ssh-port`), and files, users and hostnames are shared.
+addresses on this machine's loopback (reported as tag `pymlsql:ssh-port`), files, users and
+hostnames are shared, and no network rule is enforced.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from pathlib import Path
 
 from . import _cloudinit, _hostkeys
 from ._errors import HostError
+from ._netns import listen_key, listening_sockets
+from ._wire import Attachment, Wire
 
 SSHD = "/usr/sbin/sshd"
 INSIDE_DISK = "/run/pymlsql-disk"
@@ -59,6 +60,7 @@ class BootSpec:
     user_data: bytes | None = None
     boot_delay: float = 1.0
     new_host_keys: bool = False
+    network: Attachment | None = None  # where the machine is plugged in, as root
 
 
 @dataclass
@@ -71,10 +73,11 @@ class _Machine:
 class Hosts:
     """Boots, halts and reaches the machines of one sandbox."""
 
-    def __init__(self, state_dir: Path, on_ssh_ready: Callable[[str, int], None]) -> None:
+    def __init__(self, state_dir: Path, on_ssh_ready: Callable[[str, int], None], wire: Wire | None = None) -> None:
         self.root = state_dir / "instances"
         self.root.mkdir(parents=True, exist_ok=True)
         self.full = full_fidelity()
+        self.wire = wire if self.full else None
         self.sshd = find_sshd()
         self._on_ssh_ready = on_ssh_ready
         self._machines: dict[str, _Machine] = {}
@@ -114,7 +117,7 @@ class Hosts:
         console = open(disk / "console.log", "ab")
         if self.full:
             command = [
-                "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
+                "unshare", "--mount", "--uts", "--pid", "--net", "--fork", "--mount-proc",
                 "/bin/sh", str(disk / "boot.sh"),
             ]  # fmt: skip
         else:
@@ -129,16 +132,24 @@ class Hosts:
                 start_new_session=True,
                 close_fds=True,
             )
-        go = threading.Timer(max(0.0, started + spec.boot_delay - time.time()), _say_go, args=(process,))
-        go.daemon = True
-        go.start()
         init_pid = self._namespace_init(process) if self.full else process.pid
         with self._lock:
             self._generation += 1
             generation = self._generation
             self._machines[spec.instance_id] = _Machine(process, init_pid, generation)
         (disk / "pids").write_text(f"{process.pid} {init_pid or ''}\n")
-        self._await_listening(spec, generation)
+        if self.wire is not None and spec.network is not None and init_pid is not None:
+            try:
+                self.wire.plug(spec.network, init_pid)
+            except Exception:
+                self._halt(spec.instance_id)
+                raise
+            _tell(process, b"plugged\n")
+        # Only now: the boot script reads "plugged" before it reads "go".
+        go = threading.Timer(max(0.0, started + spec.boot_delay - time.time()), _say_go, args=(process,))
+        go.daemon = True
+        go.start()
+        self._await_listening(spec, generation, init_pid)
 
     def halt(self, instance_id: str) -> None:
         """Ends every process of the instance at once, as pulling the power would."""
@@ -150,6 +161,8 @@ class Hosts:
             machine = self._machines.pop(instance_id, None)
         if machine is None:
             return
+        if self.wire is not None:
+            self.wire.unplug(instance_id)
         for pid in (machine.init_pid, machine.process.pid):
             if pid:
                 try:
@@ -197,7 +210,7 @@ class Hosts:
         if self.full:
             inner = ["/bin/sh", "-s"] if user == "root" else ["runuser", "-u", user, "--", "/bin/sh", "-s"]
             command = [
-                "nsenter", "-t", str(machine.init_pid), "-m", "-u", "-p", f"--wdns={workdir}",
+                "nsenter", "-t", str(machine.init_pid), "-m", "-u", "-p", "-n", f"--wdns={workdir}",
                 "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 f"HOME={'/root' if user == 'root' else '/home/' + user}", f"USER={user}", *inner,
             ]  # fmt: skip
@@ -260,6 +273,8 @@ class Hosts:
                 f"mount --all --fstab {q(str(outside / 'fstab'))}",
                 f"printf %s {q(spec.hostname)} > /proc/sys/kernel/hostname",
             ]
+            if spec.network is not None and self.wire is not None:
+                steps += ["read _plugged", *spec.network.inside_steps()]
         host_keys_dir = "/etc/ssh" if self.full else str(disk / "etc-upper")
         boot = _cloudinit.FirstBoot()
         if first_boot:
@@ -375,7 +390,10 @@ class Hosts:
             os.chown(folder, uid, gid)
 
     def _sshd_config(self, spec: BootSpec, disk: Path) -> str:
-        lines = [f"ListenAddress {address}:{spec.ssh_port}" for address in spec.addresses]
+        if self._own_network(spec):
+            lines = [f"ListenAddress 0.0.0.0:{spec.ssh_port}"]
+        else:
+            lines = [f"ListenAddress {address}:{spec.ssh_port}" for address in spec.addresses]
         lines += [
             "PidFile none",
             "PasswordAuthentication no",
@@ -412,15 +430,23 @@ class Hosts:
             time.sleep(0.005)
         return None
 
-    def _await_listening(self, spec: BootSpec, generation: int) -> None:
+    def _own_network(self, spec: BootSpec) -> bool:
+        return self.wire is not None and spec.network is not None
+
+    def _await_listening(self, spec: BootSpec, generation: int, init_pid: int | None) -> None:
         """Has `on_ssh_ready` called once the machine's sshd listens on its address.
 
         One thread reads the kernel's table of listening sockets for every booting machine: a probe
         connection would cost each sshd a fork and a re-exec, which a hundred instances booting at
         once are short of CPU for.
         """
+        if self._own_network(spec) and init_pid is not None:
+            table = f"/proc/{init_pid}/net/tcp"
+            keys = {listen_key("0.0.0.0", spec.ssh_port), listen_key(spec.addresses[0], spec.ssh_port)}
+        else:
+            table, keys = "/proc/net/tcp", {listen_key(spec.addresses[0], spec.ssh_port)}
         with self._lock:
-            self._awaited[spec.instance_id] = (_listen_key(spec.addresses[0], spec.ssh_port), generation)
+            self._awaited[spec.instance_id] = (table, keys, generation)
             if self._watcher is None or not self._watcher.is_alive():
                 self._watcher = threading.Thread(target=self._watch_listening, name="ssh-ready", daemon=True)
                 self._watcher.start()
@@ -432,14 +458,20 @@ class Hosts:
                     self._watcher = None
                     return
                 awaited = dict(self._awaited)
-            listening = _listening()
-            for instance_id, (key, generation) in awaited.items():
+            tables: dict[str, set[str]] = {}
+            for instance_id, (table, keys, generation) in awaited.items():
+                if table not in tables:
+                    try:
+                        tables[table] = listening_sockets(table)
+                    except OSError:
+                        tables[table] = set()  # the machine is gone meanwhile
+                ready = bool(keys & tables[table])
                 with self._lock:
                     machine = self._machines.get(instance_id)
                     gone = machine is None or machine.generation != generation or machine.process.poll() is not None
-                    if gone or key in listening:
+                    if gone or ready:
                         self._awaited.pop(instance_id, None)
-                if not gone and key in listening:
+                if not gone and ready:
                     self._on_ssh_ready(instance_id, generation)
             time.sleep(0.02)
 
@@ -470,9 +502,14 @@ class Hosts:
 
 def _say_go(process: subprocess.Popen[bytes]) -> None:
     """Tells a booting machine its boot delay is over: it starts sshd."""
+    _tell(process, b"go\n")
+
+
+def _tell(process: subprocess.Popen[bytes], line: bytes) -> None:
+    """One line to a booting machine's boot script, which waits for it."""
     try:
         if process.poll() is None and process.stdin is not None:
-            process.stdin.write(b"go\n")
+            process.stdin.write(line)
             process.stdin.flush()
     except (BrokenPipeError, ValueError):
         pass  # halted meanwhile
@@ -480,24 +517,6 @@ def _say_go(process: subprocess.Popen[bytes]) -> None:
 
 def _fstab_field(text: str) -> str:
     return text.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
-
-
-def _listen_key(address: str, port: int) -> str:
-    """How /proc/net/tcp writes ADDRESS:PORT: the address as a host-order 32-bit hex number."""
-    packed = socket.inet_aton(address)
-    return f"{int.from_bytes(packed, sys.byteorder):08X}:{port:04X}"
-
-
-def _listening() -> set[str]:
-    """Every IPv4 address:port a socket listens on (state 0A), in /proc/net/tcp's notation."""
-    found = set()
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split(None, 4)
-            if fields[3] == "0A":
-                found.add(fields[1])
-    return found
 
 
 def kill_leftovers(state_dir: Path) -> int:

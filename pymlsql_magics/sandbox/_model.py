@@ -25,6 +25,8 @@ from ._blocks import Blocks
 from ._catalog import IMAGES
 from ._faults import Fault
 from ._hosts import BootSpec, Hosts
+from ._relay import Gate
+from ._wire import Attachment
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Instance:
     key_pair_name: str
     private_ip: str
     bandwidth_out: int
+    bandwidth_in: int
     ssh_port: int
     user_data: bytes | None
     spot_strategy: str
@@ -215,7 +218,7 @@ class Scheduler:
                 traceback.print_exc()
 
 
-class World:
+class World(Gate):
     """All resources of one sandbox, and the lifecycle that moves them."""
 
     def __init__(self, hosts: Hosts, blocks: Blocks, timings: Timings) -> None:
@@ -259,6 +262,39 @@ class World:
                 self.public_ips.add(address)
                 return address
         raise RuntimeError("the sandbox has handed out every public address it has")
+
+    def remove_vpc(self, vpc: Vpc) -> None:
+        del self.vpcs[vpc.vpc_id]
+        self.blocks.free(vpc.block)
+        wire = self.hosts.wire
+        if wire is not None:
+            self._outside_lock(lambda: wire.remove_vpc(vpc.vpc_id))
+
+    # -- what the security groups let in (the Gate of the public addresses) ----------------
+
+    def _ingress(self, instance_id: str) -> list[Rule]:
+        """The instance's rules in the order ECS applies them: priority 1 first, drop before accept."""
+        with self.lock:
+            instance = self.instances.get(instance_id)
+            groups = [self.security_groups.get(g) for g in instance.security_group_ids] if instance else []
+            rules = [rule for group in groups if group for rule, _ in group.rules.values()]
+        return sorted(rules, key=lambda rule: (rule.priority, rule.policy != "drop"))
+
+    def open_ranges(self, instance_id: str) -> list[tuple[int, int]]:
+        return [r.ports for r in self._ingress(instance_id) if r.policy == "accept" and r.protocol in ("TCP", "ALL")]
+
+    def admits(self, instance_id: str, port: int, source: str) -> bool:
+        for rule in self._ingress(instance_id):
+            if rule.allows("TCP", port, source):
+                return rule.policy == "accept"
+        return False
+
+    def rules_changed(self, group: SecurityGroup) -> None:
+        wire = self.hosts.wire
+        if wire is not None:
+            members = [i.instance_id for i in self.instances.values() if group.security_group_id in i.security_group_ids]
+            if members:
+                wire.public.refresh(*members)
 
     def settle(self, resource: Vpc | VSwitch) -> None:
         """A new VPC or vSwitch becomes Available after the pending delay, as on Alibaba Cloud."""
@@ -363,6 +399,19 @@ class World:
                 return
             addresses = [instance.private_ip] + ([instance.public_ip] if instance.public_ip else [])
             key = self.key_pairs.get((instance.region_id, instance.key_pair_name))
+            vswitch, vpc = self.vswitches.get(instance.vswitch_id), self.vpcs.get(instance.vpc_id)
+            network = None
+            if vswitch is not None and vpc is not None:
+                network = Attachment(
+                    instance_id=instance_id,
+                    vpc_id=vpc.vpc_id,
+                    private_ip=instance.private_ip,
+                    vswitch_cidr=vswitch.cidr,
+                    vpc_cidr=vpc.cidr,
+                    public_ip=instance.public_ip,
+                    bandwidth_out=instance.bandwidth_out,
+                    bandwidth_in=instance.bandwidth_in,
+                )
             spec = BootSpec(
                 instance_id=instance_id,
                 hostname=instance.hostname,
@@ -373,6 +422,7 @@ class World:
                 user_data=instance.user_data,
                 boot_delay=instance.boot_delay,
                 new_host_keys=instance.new_host_keys,
+                network=network,
             )
             instance.new_host_keys = False
         try:
@@ -430,4 +480,6 @@ class World:
         for instance_id in ids:
             self.hosts.destroy(instance_id)
         self.hosts.halt_all()
+        if self.hosts.wire is not None:
+            self.hosts.wire.close()
         self.blocks.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -17,8 +18,17 @@ from ._faults import FaultOrder
 from ._hosts import Hosts, full_fidelity
 from ._model import Timings, World
 from ._state import SandboxInfo, default_state_dir
+from ._wire import Wire
 
 DEFAULT_REGION = "cn-hangzhou"
+DEGRADED_NETWORK = (
+    "the sandbox is not running as root: network rules are not enforced (private addresses are "
+    "reachable from this machine, security groups and bandwidth caps are not applied)."
+)
+
+
+class SandboxWarning(UserWarning):
+    """The sandbox runs, but less faithfully than it could."""
 
 
 class Sandbox:
@@ -37,8 +47,14 @@ class Sandbox:
         port: int = 0,
         region_id: str = DEFAULT_REGION,
         timings: Timings | None = None,
+        bandwidth_caps: bool = True,
+        client_link: tuple[float, float] | None = None,
     ) -> None:
+        """`bandwidth_caps=False` lifts the instances' public bandwidth caps (benchmarks of tools);
+        `client_link=(up, down)` in Mbit/s models this machine's own link to public addresses."""
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
+        self.bandwidth_caps = bandwidth_caps
+        self.client_link = client_link
         self.requested_port = port
         self.region_id = region_id
         self.timings = timings or Timings()
@@ -89,6 +105,10 @@ class Sandbox:
         self.access_key_id, self.access_key_secret = _state.credentials(self.state_dir)
         hosts = Hosts(self.state_dir, on_ssh_ready=self._ssh_ready)
         self.world = World(hosts, Blocks(), self.timings)
+        if hosts.full:
+            hosts.wire = Wire(self.world, bandwidth_caps=self.bandwidth_caps, client_link=self.client_link)
+        else:
+            warnings.warn(DEGRADED_NETWORK, SandboxWarning, stacklevel=2)
         self._http = _http.serve(self, self.requested_port)
         self._started_at = time.time()
         _state.write_info(self.info)

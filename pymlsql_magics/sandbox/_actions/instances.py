@@ -49,6 +49,10 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
         raise ApiError("InvalidKeyPairName.NotFound")
     user_data = _user_data(params.text("UserData"))
     bandwidth = params.integer("InternetMaxBandwidthOut", 0, low=0, high=100) or 0
+    # ECS: 1-10 Mbit/s (default 10) while the outbound cap is at most 10, else 1 up to the outbound
+    # cap (default: the outbound cap).
+    inbound_limit = max(10, bandwidth)
+    bandwidth_in = params.integer("InternetMaxBandwidthIn", inbound_limit, low=1, high=inbound_limit) or 10
     category = params.text("SystemDisk.Category", "cloud_essd") or "cloud_essd"
     if category not in _catalog.DISK_CATEGORIES:
         raise invalid("SystemDisk.Category")
@@ -75,6 +79,7 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
         "key_pair_name": key_pair_name,
         "user_data": user_data,
         "bandwidth_out": bandwidth,
+        "bandwidth_in": bandwidth_in,
         "system_disk_category": category,
         "system_disk_size": size,
         "spot_strategy": spot,
@@ -172,6 +177,7 @@ def _new_instance(ctx: Context, region: str, settings: dict[str, Any], index: in
         key_pair_name=settings["key_pair_name"],
         private_ip=private_ip,
         bandwidth_out=settings["bandwidth_out"],
+        bandwidth_in=settings["bandwidth_in"],
         ssh_port=22 if ctx.world.hosts.full else _free_port(private_ip),
         user_data=settings["user_data"],
         spot_strategy=settings["spot_strategy"],
@@ -381,7 +387,7 @@ def _instance_out(instance: Instance) -> dict[str, Any]:
         "InstanceChargeType": instance.charge_type,
         "SpotStrategy": instance.spot_strategy,
         "InternetChargeType": "PayByTraffic",
-        "InternetMaxBandwidthIn": 100,
+        "InternetMaxBandwidthIn": instance.bandwidth_in,
         "InternetMaxBandwidthOut": instance.bandwidth_out,
         "InstanceNetworkType": "vpc",
         "PublicIpAddress": {"IpAddress": [instance.public_ip] if instance.public_ip else []},

@@ -116,6 +116,7 @@ def AuthorizeSecurityGroup(ctx: Context, params: Params) -> dict[str, Any]:
                        message=f"A security group holds at most {_MAX_RULES} rules.")  # fmt: skip
     for rule in dict.fromkeys(fresh):  # an identical rule already there succeeds, and is not added twice
         group.rules[new_id("sgr-", 20)] = (rule, time.time())
+    ctx.world.rules_changed(group)
     return {}
 
 
@@ -131,9 +132,10 @@ def RevokeSecurityGroup(ctx: Context, params: Params) -> dict[str, Any]:
                                message=f"The security group rule {rule_id} does not exist.")  # fmt: skip
         for rule_id in by_id:
             del group.rules[rule_id]
-        return {}
-    gone = set(_rules(params))
-    group.rules = {rule_id: entry for rule_id, entry in group.rules.items() if entry[0] not in gone}
+    else:
+        gone = set(_rules(params))
+        group.rules = {rule_id: entry for rule_id, entry in group.rules.items() if entry[0] not in gone}
+    ctx.world.rules_changed(group)
     return {}
 
 

@@ -118,8 +118,7 @@ def DeleteVpc(ctx: Context, params: Params) -> dict[str, Any]:
     if any(group.vpc_id == vpc.vpc_id for group in ctx.world.security_groups.values()):
         raise ApiError("DependencyViolation.SecurityGroup",
                        message="Specified VPC has security groups; delete them first.")  # fmt: skip
-    del ctx.world.vpcs[vpc.vpc_id]
-    ctx.world.blocks.free(vpc.block)
+    ctx.world.remove_vpc(vpc)
     return {}
 
 

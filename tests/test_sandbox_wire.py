@@ -1,0 +1,150 @@
+"""The sandbox's network on the wire, as root: private addresses only inside their VPC, public
+addresses only on the ports the groups open, each instance with its own interfaces, and the
+public bandwidth capped. Through the SDK and OpenSSH."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from alibabacloud_ecs20140526 import models as ecs
+from alibabacloud_ecs20140526.client import Client
+
+from pymlsql_magics.sandbox import Sandbox
+
+from .helpers import (
+    SdkNetwork, address, describe, make_network, new_vpc_client, run, sdk_network, ssh, wait_for, wait_ssh,
+    wait_status,
+)  # fmt: skip
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network rules are enforced only as root")
+
+
+def placed_in(network: SdkNetwork) -> dict[str, str]:
+    return {"v_switch_id": network.vswitch_id, "security_group_id": network.security_group_id}
+
+
+def connects(host: str, port: int, *, timeout: float = 3) -> bool:
+    """Whether a TCP connection from this machine is accepted and not reset at once."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            connection.settimeout(0.3)
+            try:
+                return connection.recv(1, socket.MSG_PEEK) != b""
+            except TimeoutError:
+                return True  # accepted, and nothing said yet (an HTTP server waits for the request)
+    except OSError:
+        return False
+
+
+def start_instances(client: Client, region: str, launched: list[str], key: str, count: int,
+                    network: SdkNetwork, **fields: object) -> list[ecs.DescribeInstancesResponseBodyInstancesInstance]:  # fmt: skip
+    ids = run(client, region, launched=launched, amount=count, key_pair_name=key, **placed_in(network), **fields)
+    wait_status(client, region, ids, "Running")
+    return describe(client, region, ids)
+
+
+def test_private_addresses_answer_only_inside_their_vpc(
+    sandbox: Sandbox, client: Client, region: str, key_pair: tuple[str, Path], launched: list[str]
+) -> None:
+    name, key = key_pair
+    ours = sdk_network(sandbox, region)
+    theirs = make_network(client, new_vpc_client(sandbox), region, zone=ours.zone_id)
+    first, second = start_instances(client, region, launched, name, 2, ours, internet_max_bandwidth_out=5)
+    (other,) = start_instances(client, region, launched, name, 1, theirs, internet_max_bandwidth_out=0)
+    public = address(first, public=True)
+    wait_ssh(public, key)
+
+    assert not connects(address(first, public=False), 22), "this machine reached a private address"
+    assert not connects(address(other, public=False), 22), "this machine reached a private address"
+    assert other.public_ip_address.ip_address == []
+
+    probe = "timeout 3 bash -c '</dev/tcp/{}/22' && echo open || echo closed"
+    assert ssh(public, key, probe.format(address(second, public=False))).stdout.strip() == "open"
+    assert ssh(public, key, probe.format(address(other, public=False))).stdout.strip() == "closed"
+
+    shown: dict[str, list[str]] = {}
+    for line in ssh(public, key, "ip -o -4 addr show").stdout.splitlines():
+        fields = line.split()
+        shown.setdefault(fields[1], []).append(fields[3])
+    # Its own interface with the private address only: the public one is NAT, as on ECS.
+    assert shown == {"lo": ["127.0.0.1/8", "100.100.100.200/32"], "eth0": [f"{address(first, public=False)}/20"]}
+
+
+def authorize(client: Client, region: str, group: str, port: int, source: str) -> None:
+    permission = ecs.AuthorizeSecurityGroupRequestPermissions(
+        ip_protocol="TCP", port_range=f"{port}/{port}", source_cidr_ip=source
+    )
+    client.authorize_security_group(
+        ecs.AuthorizeSecurityGroupRequest(region_id=region, security_group_id=group, permissions=[permission])
+    )
+
+
+def revoke(client: Client, region: str, group: str, port: int, source: str) -> None:
+    permission = ecs.RevokeSecurityGroupRequestPermissions(
+        ip_protocol="TCP", port_range=f"{port}/{port}", source_cidr_ip=source
+    )
+    client.revoke_security_group(
+        ecs.RevokeSecurityGroupRequest(region_id=region, security_group_id=group, permissions=[permission])
+    )
+
+
+def test_a_public_address_answers_only_on_the_ports_its_groups_open_to_the_source(
+    sandbox: Sandbox, client: Client, region: str, key_pair: tuple[str, Path], launched: list[str]
+) -> None:
+    name, key = key_pair
+    network = make_network(client, new_vpc_client(sandbox), region)
+    group = network.security_group_id
+    (instance,) = start_instances(client, region, launched, name, 1, network, internet_max_bandwidth_out=5)
+    public = address(instance, public=True)
+    wait_ssh(public, key)
+    served = ssh(public, key, "setsid python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null & "
+                              "sleep 0.5; timeout 5 bash -c 'until </dev/tcp/127.0.0.1/8080; do sleep 0.1; done' "
+                              "2>/dev/null && echo up")  # fmt: skip
+    assert served.stdout.strip() == "up", served.stderr
+
+    assert not connects(public, 8080), "a port no rule opens answered"
+    authorize(client, region, group, 8080, "10.0.0.0/8")
+    time.sleep(0.5)
+    assert not connects(public, 8080), "a port opened to another source answered this machine"
+    authorize(client, region, group, 8080, "127.0.0.1/32")
+    wait_for(lambda: connects(public, 8080), timeout=5, what="port 8080 to open")
+    revoke(client, region, group, 8080, "127.0.0.1/32")
+    wait_for(lambda: not connects(public, 8080), timeout=5, what="port 8080 to close")
+
+    revoke(client, region, group, 22, "0.0.0.0/0")
+    wait_for(lambda: not connects(public, 22), timeout=5, what="port 22 to close")
+    authorize(client, region, group, 22, "0.0.0.0/0")
+    wait_ssh(public, key)
+
+
+def timed(command: list[str], stdin: bytes | None = None) -> float:
+    began = time.monotonic()
+    done = subprocess.run(command, input=stdin, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return time.monotonic() - began
+
+
+def test_public_traffic_is_capped_by_the_instance_bandwidth_both_ways(
+    sandbox: Sandbox, client: Client, region: str, key_pair: tuple[str, Path], launched: list[str]
+) -> None:
+    name, key = key_pair
+    network = sdk_network(sandbox, region)
+    (instance,) = start_instances(client, region, launched, name, 1, network,
+                                  internet_max_bandwidth_out=2, internet_max_bandwidth_in=3)  # fmt: skip
+    public = address(instance, public=True)
+    wait_ssh(public, key)
+    ssh_command = ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                   "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"root@{public}"]  # fmt: skip
+    size = 1_000_000
+    handshake = timed([*ssh_command, "true"])
+    down = timed([*ssh_command, f"head -c {size} /dev/zero"]) - handshake
+    up = timed([*ssh_command, "cat > /dev/null"], stdin=bytes(size)) - handshake
+    # Only upper bounds on the rates: a loaded machine may be slower, never faster than the caps.
+    # (benchmarks/bandwidth.py measures how close to the caps the rates come.)
+    assert size * 8 / down / 1e6 <= 2 * 1.2, f"{size * 8 / down / 1e6:.2f} Mbit/s down through a 2 Mbit/s cap"
+    assert size * 8 / up / 1e6 <= 3 * 1.2, f"{size * 8 / up / 1e6:.2f} Mbit/s up through a 3 Mbit/s cap"
