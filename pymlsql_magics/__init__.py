@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Registers %ecs_start, %%ecs_exec, %ecs_copy, %ecs_stop, %ecs_list, %ecs_network and %ecs_sandbox, and lists
+    """Registers %ecs_start, %%ecs_exec, %ecs_copy, %ecs_forward, %ecs_stop, %ecs_list, %ecs_network and
+    %ecs_sandbox, and lists
     the instances this tool created that are still there."""
     from .magics import EcsMagics  # IPython is only needed once the extension loads
 

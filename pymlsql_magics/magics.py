@@ -198,7 +198,11 @@ class EcsMagics(Magics, Settings):
     def ecs_start(self, line: str) -> InstanceList:
         """Start ECS instances and wait until SSH works; returns them as a fleet.
 
-        nodes = %ecs_start --image-id m-sandbox-webuser --count 2 --name demo --key-pair-name demo --init-ssh-key
+        nodes = %ecs_start --image-id ubuntu_22_04_x64_20G_alibase_20240926.vhd --count 2 --name demo \
+                           --key-pair-name demo --init-ssh-key --ttl 2h
+
+        With no --vswitch-id / --security-group it finds or makes its network (%ecs_network list), and
+        from outside the instances' VPC it gives them public addresses and reaches them there.
         """
         args = _parse(self.ecs_start, line)
         with _as_usage_error():
@@ -300,6 +304,53 @@ class EcsMagics(Magics, Settings):
 
     @line_magic
     @magic_arguments()
+    @argument("target", nargs="?", help="A fleet variable, an instance id, or a name (one instance).")
+    @argument("remote_port", nargs="?", type=int, help="The port on the instance (or on --remote-host).")
+    @argument("--local-port", type=int, help="The local port on 127.0.0.1 (default: a free one).")
+    @argument("--remote-host", default="127.0.0.1",
+              help="Where the instance connects to (default: itself; a peer's private address reaches it).")
+    @argument("-o", "--out", metavar="NAME", help="Store the forward (.local_port, .url, .close()) in this variable.")
+    @argument("--list", action="store_true", help="Show the forwards open now.")
+    @argument("--stop", nargs="?", type=int, const=0, metavar="PORT", help="Close the forward on this local port "
+              "(every forward when no port is given).")  # fmt: skip
+    @argument("--public", action="store_const", const=True, default=None,
+              help="Connect through the public IP (default: public from outside the instance's VPC).")
+    def ecs_forward(self, line: str) -> Any:
+        """Reach a port of an instance at http://127.0.0.1:N/ through its SSH connection (no rule opened):
+        %ecs_forward scheduler 8787 -o dashboard"""
+        args = _parse(self.ecs_forward, line)
+        with _as_usage_error():
+            fleet = self._session()
+            if args.list or args.stop is not None:
+                open_now = fleet.forwards()
+                if args.stop is not None:
+                    stopping = [f for f in open_now if args.stop in (0, f.local_port)]
+                    if args.stop and not stopping:
+                        raise ConfigError(f"no forward listens on local port {args.stop}",
+                                          hint="%ecs_forward --list shows the forwards open now.")  # fmt: skip
+                    for forward in stopping:
+                        forward.close()
+                    print(f"closed {len(stopping)} forward(s)")
+                    return None
+                for forward in open_now:
+                    print(f"{forward.url} -> {forward.instance_id} {forward.remote_host}:{forward.remote_port}")
+                return None
+            if args.target is None or args.remote_port is None:
+                raise ConfigError("%ecs_forward needs an instance and a port",
+                                  hint="e.g. %ecs_forward nodes 8787, or %ecs_forward --list")  # fmt: skip
+            instances = self._resolve(fleet, [args.target])
+            if len(instances) != 1:
+                raise ConfigError(f"{args.target!r} names {len(instances)} instances; a forward goes to one",
+                                  hint="name one of them, e.g. nodes[0] or its instance id.")  # fmt: skip
+            forward = fleet.forward(instances[0], args.remote_port, args.local_port, remote_host=args.remote_host,
+                                    key_pair_name=self.key_pair_name or None, public=args.public)  # fmt: skip
+            print(f"forward: {forward.url} -> {forward.instance_id} {forward.remote_host}:{forward.remote_port}")
+            if args.out and self.shell is not None:
+                self.shell.user_ns[args.out] = forward
+            return _Link(forward.url)
+
+    @line_magic
+    @magic_arguments()
     @argument("target", nargs="*", help="A fleet variable, instance ids, or a name.")
     @argument("--all", action="store_true", help="Every instance this tool created.")
     @argument("--keep-disk", action="store_true", help="Only stop them; keep their disks.")
@@ -312,6 +363,10 @@ class EcsMagics(Magics, Settings):
                 instances = fleet.find()
             else:
                 instances = self._resolve(fleet, args.target)
+            stopped = {i.instance_id for i in instances}
+            for forward in fleet.forwards():
+                if forward.instance_id in stopped:
+                    forward.close()
             fleet.stop(instances, keep_disk=args.keep_disk)
             verb = "stopped" if args.keep_disk else "released"
             print(f"{verb} {len(instances)} instance(s)" + (" [sandbox]" if self._sandboxed else ""))
@@ -375,3 +430,16 @@ class EcsMagics(Magics, Settings):
                 else:
                     status = sandbox.status(running)
                     print(f"sandbox at {status['endpoint']}: {len(status['instances'])} instance(s)")
+
+
+class _Link:
+    """A clickable link in the notebook, the plain URL elsewhere."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __repr__(self) -> str:
+        return self.url
+
+    def _repr_html_(self) -> str:
+        return f'<a href="{self.url}" target="_blank">{self.url}</a>'

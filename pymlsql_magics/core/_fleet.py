@@ -17,6 +17,7 @@ from ._config import EcsConfig
 from ._ecs import EcsClient
 from ._errors import ConfigError, FleetError, InstanceStateError, PymlsqlError, WaitTimeoutError
 from ._face import PYTHON, Face
+from ._forward import Forward
 from ._host_key_sources import console_fingerprints
 from ._known_hosts import KnownHosts
 from ._launch import LaunchSpec
@@ -55,6 +56,7 @@ class Fleet:
         self.known_hosts = KnownHosts(config.known_hosts_path())
         self.progress = progress
         self._connections: dict[tuple[str, bool], SshConnection] = {}
+        self._forwards: list[Forward] = []
         self._lock = threading.Lock()
         # Parsing an RSA key checks it, which costs tens of milliseconds: once per file, not per connection.
         self._keys: dict[Path, tuple[int, PrivateKey]] = {}
@@ -100,6 +102,10 @@ class Fleet:
         self.close()
 
     def close(self) -> None:
+        with self._lock:
+            forwards, self._forwards = self._forwards, []
+        for forward in forwards:
+            forward.close()
         with self._lock:
             connections, self._connections = list(self._connections.values()), {}
         for connection in connections:
@@ -207,6 +213,31 @@ class Fleet:
         if check and result.failed:
             raise FleetError(result.summary("the script"), result=result, hint=result.first_hint)
         return result
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward(self, instance: Instance, remote_port: int, local_port: int | None = None, *,
+                remote_host: str = "127.0.0.1", key_pair_name: str | None = None,
+                public: bool | None = None) -> Forward:  # fmt: skip
+        """Carries 127.0.0.1:`local_port` (default: a free port) to `remote_host:remote_port` as seen
+        from `instance` (default: the instance itself; a peer's private address reaches that peer),
+        through the instance's SSH connection. Raises SshError if nothing listens there.
+
+        The forward lives until its `.close()`, or this Fleet's close().
+        """
+        self._require_running(instance)
+        key = self._key_path(instance, key_pair_name)
+        forward = Forward(instance.instance_id, remote_host, remote_port,
+                          lambda: self.connection(instance, key, public=public), local_port or 0)  # fmt: skip
+        with self._lock:
+            self._forwards.append(forward)
+        return forward
+
+    def forwards(self) -> list[Forward]:
+        """The forwards open now, oldest first."""
+        with self._lock:
+            self._forwards = [f for f in self._forwards if not f.closed]
+            return list(self._forwards)
 
     # -- copy ------------------------------------------------------------------------------
 

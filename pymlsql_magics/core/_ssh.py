@@ -186,6 +186,17 @@ class SshConnection:
         """A new session channel; a wide window lets bulk data flow without waiting for acks."""
         return self._open(window_size=window_size, max_packet_size=max_packet_size)
 
+    def open_tunnel(self, host: str, port: int, origin: tuple[str, int]) -> paramiko.Channel:
+        """A `direct-tcpip` channel: sshd on the instance connects to HOST:PORT (as seen from there).
+
+        Raises SshError naming the target when nothing accepts the connection there.
+        """
+        with ssh_errors(f"nothing answers on {host}:{port} as seen from {self.instance.instance_id}",
+                        host=self.address,
+                        hint=f"start the service on the instance first (is it listening on {host}:{port}?)",
+                        reason=None):  # fmt: skip
+            return self._transport.open_channel("direct-tcpip", (host, port), origin, timeout=30)
+
     def _open(self, *, window_size: int | None = None, max_packet_size: int | None = None) -> paramiko.Channel:
         with ssh_errors(f"cannot open an SSH session on {self.instance.instance_id}", host=self.address):
             return self._transport.open_session(timeout=30, window_size=window_size, max_packet_size=max_packet_size)
