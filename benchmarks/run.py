@@ -9,7 +9,10 @@ OpenSSH `ssh` to every instance in parallel, through ControlMaster connections f
 ones), copies of one big file and of a tree of small files both ways (reference: OpenSSH `scp`
 and `scp -r` to the same instance), the delay from the sandbox's "SSH ready" to Fleet.start
 returning, DescribeInstances calls per poll, peak memory while a script prints 1 GiB, and a
-100-instance start. Timed figures are the median of 3 runs.
+100-instance start. Timed figures are the median of 3 runs. These rows compare tools on one path,
+so their sandbox runs with `--bandwidth-caps off` (as root the path is still the public address's
+relay into the instance's own network). Rows 9 and 10 measure the caps themselves: an instance's
+InternetMaxBandwidthOut/In, and a modelled client link shared by two uploads.
 `--smoke` runs every row small, as CI does: it checks the harness, not the targets.
 """
 
@@ -31,6 +34,9 @@ from pathlib import Path
 
 from pymlsql_magics.core import EcsConfig, Fleet, Instance
 from pymlsql_magics.sandbox import Sandbox, Timings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bandwidth  # noqa: E402 - a sibling module of this script
 
 _MiB = 1 << 20
 _HERE = Path(__file__).resolve().parent
@@ -54,11 +60,13 @@ class Sizes:
     tree_dirs: int  # row 4: folders of 100 files of 4 KiB
     printed: int  # bytes, row 7
     crowd: int  # instances, row 8
+    capped: int  # bytes through a 10 Mbit/s cap, rows 9 and 10
     repeats: int
 
 
-FULL = Sizes(fan_out=32, big_file=512 * _MiB, tree_dirs=50, printed=1 << 30, crowd=100, repeats=3)
-SMOKE = Sizes(fan_out=4, big_file=16 * _MiB, tree_dirs=2, printed=16 * _MiB, crowd=8, repeats=1)
+FULL = Sizes(fan_out=32, big_file=512 * _MiB, tree_dirs=50, printed=1 << 30, crowd=100, capped=8_000_000,
+             repeats=3)
+SMOKE = Sizes(fan_out=4, big_file=16 * _MiB, tree_dirs=2, printed=16 * _MiB, crowd=8, capped=1_000_000, repeats=1)
 
 
 def _fleet(sandbox: Sandbox, work: Path, **settings: object) -> Fleet:
@@ -143,7 +151,7 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
     count, repeats = sizes.fan_out, sizes.repeats
     timings = Timings(pending=1.0, starting=1.0, stopping=0.3, boot=1.0)
     rows: list[Row] = []
-    with Sandbox(work / "sandbox", timings=timings).start() as sandbox:
+    with Sandbox(work / "sandbox", timings=timings, bandwidth_caps=False).start() as sandbox:
         fleet = _fleet(sandbox, work, max_parallel=64)
         started_at = time.time()
         instances = fleet.start(image_id="m-sandbox-webuser", count=count, key_pair_name="bench",
@@ -200,7 +208,50 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
                         len(run_calls) == 1 and spread <= limit))  # fmt: skip
         crowd.stop(many)
         crowd.close()
+    if os.geteuid() == 0:  # the caps exist only where the sandbox enforces its network
+        rows += _bandwidth_rows(work, timings, sizes)
     return sorted(rows, key=lambda row: row.number)
+
+
+def _within(rate: float, cap: float) -> bool:
+    return abs(rate - cap) <= 0.2 * cap
+
+
+def _bandwidth_rows(work: Path, timings: Timings, sizes: Sizes) -> list[Row]:
+    """Rows 9 and 10: the public caps hold (each within 20 %), as ECS applies them."""
+    rows = []
+    link = (4.0, 100.0)
+    with Sandbox(work / "capped", timings=timings, client_link=link).start() as sandbox:
+        fleet = _fleet(sandbox, work / "capped")
+        key = work / "capped" / "keys" / "bench"
+        instances = fleet.start(image_id="debian_12_x64_20G_alibase_20240101.vhd", count=2, key_pair_name="bench",
+                                init_ssh_key=True, bandwidth=10)  # fmt: skip
+        rates = [statistics.median(f(key, instances[0], sizes.capped).mbit_per_second for _ in range(sizes.repeats))
+                 for f in (bandwidth.download, bandwidth.upload)]  # fmt: skip
+        # Upload through the 4 Mbit/s client link is its own figure: the instance's inbound 10 does not bind.
+        down, _ = rates
+        rows.append(Row(9, "public download, InternetMaxBandwidthOut 10 Mbit/s", down, "Mbit/s",
+                        f"OpenSSH, {sizes.capped / 1e6:g} MB", "10 Mbit/s within 20 %", _within(down, 10)))  # fmt: skip
+        shared = statistics.median(bandwidth.parallel_upload(key, instances, sizes.capped // 2).mbit_per_second
+                                   for _ in range(sizes.repeats))  # fmt: skip
+        rows.append(Row(10, f"client link {link[0]:g}/{link[1]:g}: 2 uploads at once, total", shared, "Mbit/s",
+                        f"OpenSSH, 2 x {sizes.capped / 2e6:g} MB; one upload alone {rates[1]:.2f} Mbit/s",
+                        f"{link[0]:g} Mbit/s within 20 %",
+                        _within(shared, link[0]) and _within(rates[1], link[0])))  # fmt: skip
+        fleet.stop(instances)
+        fleet.close()
+    with Sandbox(work / "capped-in", timings=timings).start() as sandbox:
+        fleet = _fleet(sandbox, work / "capped-in")
+        key = work / "capped-in" / "keys" / "bench"
+        (instance,) = fleet.start(image_id="debian_12_x64_20G_alibase_20240101.vhd", key_pair_name="bench",
+                                  init_ssh_key=True, bandwidth=5)  # fmt: skip
+        up = statistics.median(bandwidth.upload(key, instance, sizes.capped).mbit_per_second
+                               for _ in range(sizes.repeats))  # fmt: skip
+        rows.append(Row(9, "public upload, InternetMaxBandwidthIn 10 Mbit/s (ECS's default)", up, "Mbit/s",
+                        f"OpenSSH, {sizes.capped / 1e6:g} MB", "10 Mbit/s within 20 %", _within(up, 10)))  # fmt: skip
+        fleet.stop([instance])
+        fleet.close()
+    return rows
 
 
 def _wait_for_disks_removed(state: Path, instances: list[Instance]) -> None:

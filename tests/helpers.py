@@ -171,7 +171,6 @@ def run(
     Instances get a public address unless `fields` say otherwise: this machine reaches no other.
     """
     fields.setdefault("internet_max_bandwidth_out", 100)
-    fields.setdefault("internet_max_bandwidth_in", 100)
     request = ecs.RunInstancesRequest(region_id=region, image_id=image_id, instance_type=instance_type,
                                       **placed(client, region, fields))  # fmt: skip
     ids = client.run_instances(request).body.instance_id_sets.instance_id_set

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ def test_benchmark_smoke_run_measures_every_row_and_saves_json(tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=REPO)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(saved.read_text())["rows"]
-    assert [row["number"] for row in rows] == [1, 2, 3, 3, 4, 4, 5, 6, 7, 8]
+    capped = [9, 9, 10] if os.geteuid() == 0 else []  # the bandwidth caps exist where the network is enforced
+    assert [row["number"] for row in rows] == [1, 2, 3, 3, 4, 4, 5, 6, 7, 8, *capped]
     # Row 7 is a growth of memory, which may be nothing at all; the others are times and rates.
     assert all(row["value"] > 0 for row in rows if row["number"] != 7)
     assert next(row for row in rows if row["number"] == 7)["value"] >= 0

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,23 @@ from alibabacloud_ecs20140526.client import Client
 
 from pymlsql_magics.sandbox import Sandbox
 
+from .conftest import FAST
 from .helpers import (
-    SdkNetwork, address, describe, make_network, new_vpc_client, run, sdk_network, ssh, wait_for, wait_ssh,
+    SdkNetwork,
+    address,
+    describe,
+    environment,
+    make_network,
+    new_client,
+    new_vpc_client,
+    pymlsql,
+    run,
+    sdk_network,
+    ssh,
+    wait_for,
+    wait_ssh,
     wait_status,
-)  # fmt: skip
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network rules are enforced only as root")
 
@@ -41,8 +55,11 @@ def connects(host: str, port: int, *, timeout: float = 3) -> bool:
         return False
 
 
+Described = ecs.DescribeInstancesResponseBodyInstancesInstance
+
+
 def start_instances(client: Client, region: str, launched: list[str], key: str, count: int,
-                    network: SdkNetwork, **fields: object) -> list[ecs.DescribeInstancesResponseBodyInstancesInstance]:  # fmt: skip
+                    network: SdkNetwork, **fields: object) -> list[Described]:  # fmt: skip
     ids = run(client, region, launched=launched, amount=count, key_pair_name=key, **placed_in(network), **fields)
     wait_status(client, region, ids, "Running")
     return describe(client, region, ids)
@@ -129,11 +146,22 @@ def timed(command: list[str], stdin: bytes | None = None) -> float:
     return time.monotonic() - began
 
 
-def test_public_traffic_is_capped_by_the_instance_bandwidth_both_ways(
-    sandbox: Sandbox, client: Client, region: str, key_pair: tuple[str, Path], launched: list[str]
-) -> None:
-    name, key = key_pair
-    network = sdk_network(sandbox, region)
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A sandbox with the public bandwidth caps on, as `pymlsql sandbox start` runs by default."""
+    with Sandbox(tmp_path_factory.mktemp("capped"), timings=FAST).start() as running:
+        yield running
+
+
+def test_public_traffic_is_capped_by_the_instance_bandwidth_both_ways(capped: Sandbox, tmp_path: Path) -> None:
+    client, region = new_client(capped), capped.region_id
+    launched: list[str] = []
+    pair = client.create_key_pair(ecs.CreateKeyPairRequest(region_id=region, key_pair_name="capped")).body
+    key = tmp_path / "capped"
+    key.write_text(pair.private_key_body)
+    key.chmod(0o600)
+    name = "capped"
+    network = sdk_network(capped, region)
     (instance,) = start_instances(client, region, launched, name, 1, network,
                                   internet_max_bandwidth_out=2, internet_max_bandwidth_in=3)  # fmt: skip
     public = address(instance, public=True)
@@ -148,3 +176,43 @@ def test_public_traffic_is_capped_by_the_instance_bandwidth_both_ways(
     # (benchmarks/bandwidth.py measures how close to the caps the rates come.)
     assert size * 8 / down / 1e6 <= 2 * 1.2, f"{size * 8 / down / 1e6:.2f} Mbit/s down through a 2 Mbit/s cap"
     assert size * 8 / up / 1e6 <= 3 * 1.2, f"{size * 8 / up / 1e6:.2f} Mbit/s up through a 3 Mbit/s cap"
+    client.delete_instance(ecs.DeleteInstanceRequest(instance_id=instance.instance_id, force=True))
+
+
+def test_a_command_run_inside_an_instance_sees_what_a_program_on_ecs_sees(
+    sandbox: Sandbox, client: Client, region: str, key_pair: tuple[str, Path], launched: list[str], tmp_path: Path
+) -> None:
+    name, key = key_pair
+    network = sdk_network(sandbox, region)
+    (instance,) = start_instances(client, region, launched, name, 1, network, internet_max_bandwidth_out=5)
+    wait_ssh(address(instance), key)
+    env = environment(sandbox, tmp_path)
+
+    def inside(*argv: str) -> subprocess.CompletedProcess[str]:
+        return pymlsql(env, "sandbox", "run", "--state-dir", str(sandbox.state_dir), instance.instance_id, "--", *argv)
+
+    if Path("/sys/class/dmi/id/product_name").exists():
+        assert inside("cat", "/sys/class/dmi/id/product_name").stdout == "Alibaba Cloud ECS\n"
+    ask = ("import sys, urllib.request as u; "
+           "print(u.urlopen('http://100.100.100.200/latest/meta-data/' + sys.argv[1]).read().decode())")
+    expected = {
+        "instance-id": instance.instance_id,
+        "region-id": region,
+        "zone-id": network.zone_id,
+        "vpc-id": network.vpc_id,
+        "vswitch-id": network.vswitch_id,
+        "private-ipv4": address(instance, public=False),
+        "eipv4": address(instance),
+    }
+    for path, value in expected.items():
+        done = inside("python3", "-c", ask, path)
+        assert (done.returncode, done.stdout) == (0, f"{value}\n"), (path, done.stderr)
+    listing = inside("python3", "-c", ask, "").stdout.split()
+    assert set(expected) <= set(listing)
+    assert inside("hostname").stdout.strip() == instance.host_name
+    assert inside("sh", "-c", "id -un; exit 7").stdout == "root\n"
+    assert inside("sh", "-c", "exit 7").returncode == 7
+
+    done = pymlsql(env, "sandbox", "run", "--state-dir", str(sandbox.state_dir), "i-nosuchinstance", "--", "true")
+    assert done.returncode == 1
+    assert "i-nosuchinstance has no machine running" in done.stderr

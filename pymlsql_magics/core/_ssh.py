@@ -9,6 +9,7 @@ Its process groups are killed on timeout or interrupt.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 from pathlib import Path
@@ -27,6 +28,10 @@ from ._results import Instance
 from ._ssh_errors import FAILURES, os_reason, refused_key, session_errors, ssh_errors
 
 _CHUNK = 32768
+# paramiko's transport thread logs the failures this module turns into one clear SshError (a
+# reset during the banner while an instance boots, say); with no logging set up, Python would
+# print them as tracebacks. An application that configures logging still gets them.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SshConnection:

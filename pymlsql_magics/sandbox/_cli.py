@@ -1,9 +1,10 @@
-"""`pymlsql sandbox ...`: start, serve, stop, status, fault and log."""
+"""`pymlsql sandbox ...`: start, serve, stop, status, fault, log, and run inside an instance."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -14,11 +15,11 @@ from typing import Any, TypeVar
 from . import _background
 from ._errors import SandboxControlError, SandboxError
 from ._faults import STUCK_STATUSES, FaultOrder
-from ._hosts import find_sshd, full_fidelity
+from ._hosts import find_sshd, full_fidelity, inside_command, machine_pid
 from ._model import Timings
-from ._throttle import parse_link
 from ._sandbox import DEFAULT_REGION, Sandbox, SandboxWarning
 from ._state import SandboxInfo, state_dir_or_default
+from ._throttle import parse_link
 
 _DEFAULTS = Timings()
 _NO_FAULT = FaultOrder()
@@ -83,6 +84,18 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser]) -> None:
                        help="stop all its processes: it answers nothing, like a hung machine")  # fmt: skip
     fault.add_argument("--thaw", metavar="INSTANCE_ID", help="let a frozen instance run again")
     fault.add_argument("--clear", action="store_true", help="remove every pending fault")
+
+    inside = commands.add_parser(
+        "run",
+        help="run a command inside an instance, as a process on it would run (as root)",
+        description="Runs CMD inside the instance's network, files, hostname and processes, as USER: "
+                    "what a program on an ECS instance sees (its private address, the metadata service "
+                    "at 100.100.100.200, /sys/class/dmi/id/product_name). Its exit status is CMD's.",
+    )  # fmt: skip
+    _state_dir_flag(inside)
+    inside.add_argument("instance_id", metavar="INSTANCE_ID")
+    inside.add_argument("--user", default="root", help="run as this user of the instance (default root)")
+    inside.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its arguments")
 
     log = commands.add_parser("log", help="every API request, and per-instance event times")
     _state_dir_flag(log)
@@ -172,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         return _fault(running, args)
     if command == "log":
         return _print_log(_background.log(running), args.json)
+    if command == "run":
+        return _run_inside(running, args)
     raise AssertionError(command)
 
 
@@ -219,6 +234,25 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
     print(f"pymlsql sandbox: serving at {sandbox.endpoint}; Ctrl-C to stop", file=sys.stderr)
     sandbox.wait()
     return 0
+
+
+def _run_inside(info: SandboxInfo, args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise SandboxControlError("no command given.", hint="write it after --: pymlsql sandbox run ID -- hostname")
+    if not info.full_fidelity:
+        raise SandboxControlError(
+            "this sandbox runs without root, so its instances have no network or files of their own to enter.",
+            hint="start it as root (sudo) to run commands inside instances.",
+        )
+    pid = machine_pid(info.state_dir, args.instance_id)
+    if pid is None:
+        raise SandboxControlError(
+            f"{args.instance_id} has no machine running in {info.state_dir}.",
+            hint="`pymlsql sandbox status` lists the instances and which are Running.",
+        )
+    # The command replaces this process: its output, exit status and Ctrl-C are its own.
+    os.execvp("nsenter", inside_command(pid, args.user, argv))
 
 
 def _fault(info: SandboxInfo, args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from ._wire import Attachment, Wire
 
 SSHD = "/usr/sbin/sshd"
 INSIDE_DISK = "/run/pymlsql-disk"
+DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
 _DISK_MARKER = "PYMLSQL_SANDBOX_DISK"
 
 
@@ -84,7 +85,7 @@ class Hosts:
         self._instance_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._generation = 0
-        self._awaited: dict[str, tuple[str, int]] = {}
+        self._awaited: dict[str, tuple[str, set[str], int]] = {}  # id -> (table, keys, generation)
         self._layers: dict[tuple[str, ...], Path] = {}
         self._layer_lock = threading.Lock()
         self._watcher: threading.Thread | None = None
@@ -207,14 +208,8 @@ class Hosts:
             machine = self._machines.get(instance_id)
         if machine is None:
             raise HostError(f"{instance_id} is not running")
-        if self.full:
-            inner = ["/bin/sh", "-s"] if user == "root" else ["runuser", "-u", user, "--", "/bin/sh", "-s"]
-            command = [
-                "nsenter", "-t", str(machine.init_pid), "-m", "-u", "-p", "-n", f"--wdns={workdir}",
-                "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                f"HOME={'/root' if user == 'root' else '/home/' + user}", f"USER={user}", *inner,
-            ]  # fmt: skip
-            cwd = None
+        if self.full and machine.init_pid is not None:
+            command, cwd = inside_command(machine.init_pid, user, ["/bin/sh", "-s"], workdir=workdir), None
         else:
             command, cwd = ["/bin/sh", "-s"], str(self.disk(instance_id))
         process = subprocess.Popen(
@@ -268,6 +263,10 @@ class Hosts:
                 (f"{INSIDE_DISK}/home", "/home", "none", "bind"),
                 (f"{INSIDE_DISK}/tmp", "/tmp", "none", "bind"),
             ]  # fmt: skip
+            if Path(DMI_PRODUCT_NAME).exists():
+                # What cloud-init's ds-identify (and this tool) read to know they run on ECS.
+                (outside / "dmi-product-name").write_text("Alibaba Cloud ECS\n")
+                mounts.append((f"{INSIDE_DISK}/dmi-product-name", DMI_PRODUCT_NAME, "none", "bind"))
             (outside / "fstab").write_text("".join(" ".join(map(_fstab_field, entry)) + " 0 0\n" for entry in mounts))
             steps += [
                 f"mount --all --fstab {q(str(outside / 'fstab'))}",
@@ -498,6 +497,30 @@ class Hosts:
         with self._lock:
             machine = self._machines.get(instance_id)
         return machine.generation if machine else None
+
+
+def inside_command(init_pid: int, user: str, argv: list[str], *, workdir: str | None = None,
+                   environment: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+    """`argv` run inside a machine as `user` would: its network, files, hostname and processes."""
+    home = "/root" if user == "root" else "/home/" + user
+    inner = argv if user == "root" else ["runuser", "-u", user, "--", *argv]
+    settings = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": home, "USER": user,
+                **(environment or {})}  # fmt: skip
+    return [
+        "nsenter", "-t", str(init_pid), "-m", "-u", "-p", "-n", f"--wdns={workdir or home}",
+        "env", "-i", *(f"{name}={value}" for name, value in settings.items()), *inner,
+    ]  # fmt: skip
+
+
+def machine_pid(state_dir: Path, instance_id: str) -> int | None:
+    """The PID of a running machine's PID 1, as its sandbox recorded it, or None."""
+    try:
+        recorded = (state_dir / "instances" / instance_id / "pids").read_text().split()
+    except OSError:
+        return None
+    if len(recorded) != 2 or not _runs_disk(int(recorded[1]), state_dir / "instances" / instance_id):
+        return None
+    return int(recorded[1])
 
 
 def _say_go(process: subprocess.Popen[bytes]) -> None:

@@ -289,10 +289,33 @@ class World(Gate):
                 return rule.policy == "accept"
         return False
 
+    def metadata(self, instance_id: str, key: str) -> str | None:
+        with self.lock:
+            instance = self.instances.get(instance_id)
+            if instance is None:
+                return None
+            values = {
+                "instance-id": instance.instance_id,
+                "region-id": instance.region_id,
+                "zone-id": instance.zone_id,
+                "vpc-id": instance.vpc_id,
+                "vswitch-id": instance.vswitch_id,
+                "private-ipv4": instance.private_ip,
+                "eipv4": instance.public_ip,
+                "hostname": instance.hostname,
+                "image-id": instance.image_id,
+                "instance/instance-type": instance.instance_type,
+            }
+        if key in ("", "/"):
+            return "\n".join(sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in values}))
+        value = values.get(key.rstrip("/"))
+        return value or None  # an instance without a public address has no eipv4
+
     def rules_changed(self, group: SecurityGroup) -> None:
         wire = self.hosts.wire
         if wire is not None:
-            members = [i.instance_id for i in self.instances.values() if group.security_group_id in i.security_group_ids]
+            group_id = group.security_group_id
+            members = [i.instance_id for i in self.instances.values() if group_id in i.security_group_ids]
             if members:
                 wire.public.refresh(*members)
 
@@ -437,6 +460,8 @@ class World(Gate):
             instance = self.instances.get(instance_id)
             if instance is not None and self.hosts.generation(instance_id) == generation:
                 instance.events["ssh_ready_at"] = time.time()
+        if self.hosts.wire is not None:
+            self.hosts.wire.public.refresh(instance_id)  # its public port 22 opens now, not at the next tick
 
     def _auto_release(self, instance_id: str) -> None:
         with self.lock:

@@ -53,12 +53,14 @@ class Namespace:
         finally:
             _setns(home)
 
-    def listening_ports(self) -> set[int]:
-        """The TCP ports something in the namespace listens on, on any of its addresses."""
+    def listening_ports(self, address: str) -> set[int]:
+        """The TCP ports something in the namespace listens on at `address` (or at every address)."""
         try:
-            return listening(f"/proc/{self.pid}/net/tcp")
+            found = listening_sockets(f"/proc/{self.pid}/net/tcp")
         except OSError:
             return set()
+        wanted = {listen_key(address, 0)[:9], listen_key("0.0.0.0", 0)[:9]}  # "HEXADDR:"
+        return {int(key[9:], 16) for key in found if key[:9] in wanted}
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -83,6 +85,3 @@ def listening_sockets(table: str) -> set[str]:
                 found.add(fields[1])
     return found
 
-
-def listening(table: str) -> set[int]:
-    return {int(key.rsplit(":", 1)[1], 16) for key in listening_sockets(table)}

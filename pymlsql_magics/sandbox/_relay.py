@@ -1,11 +1,13 @@
 """Public addresses: the NAT in front of instances, with their security groups and bandwidth.
 
 The machine the sandbox runs on is "the internet". A public address is a loopback address of
-this machine; what listens there is this relay, never the instance: a connection to a port its
-groups' ingress rules open to the source is carried into the instance's own network namespace,
-to its private address, through the instance's bandwidth caps and the client's link. Any other
-connection is refused. The private addresses themselves are not on this machine's network at
-all: they exist only inside the namespaces.
+this machine; what listens there is this relay, never the instance: on each port its groups'
+ingress rules open and the instance itself listens on (looked up every tick, so a port nobody
+listens on refuses the connection, as it would on ECS), a connection from a source the rules admit
+is carried into the instance's own network namespace, to its private address, through the
+instance's bandwidth caps and the client's link. Any other connection is refused. The private
+addresses themselves are not on this machine's network at all: they exist only inside the
+namespaces.
 """
 
 from __future__ import annotations
@@ -22,10 +24,7 @@ from dataclasses import dataclass, field
 from ._netns import Namespace
 from ._throttle import Link
 
-# Rules over at most this many ports are listened on as a whole; for wider ones (or every
-# port) the relay listens where the instance itself listens, looked up every tick.
-_LISTEN_WHOLE = 64
-_TICK = 0.25
+_TICK = 0.1
 _F_SETPIPE_SZ = 1031
 _PIPE_BYTES = 1 << 20
 
@@ -45,12 +44,16 @@ class Exposure:
 
 
 class Gate:
-    """What the security groups allow; the World answers from its rules."""
+    """What the security groups allow, and what the metadata service says: the World answers."""
 
     def open_ranges(self, instance_id: str) -> list[tuple[int, int]]:
         raise NotImplementedError
 
     def admits(self, instance_id: str, port: int, source: str) -> bool:
+        raise NotImplementedError
+
+    def metadata(self, instance_id: str, key: str) -> str | None:
+        """What the metadata service answers at /latest/meta-data/KEY ("" for the listing)."""
         raise NotImplementedError
 
 
@@ -126,22 +129,20 @@ class PublicAddresses:
                 pending, self._pending = self._pending, []
             for change in pending:
                 change()
-            self._relisten(None, polling_only=True)
+            self._relisten(None)
         self._selector.close()
         self._wake_read.close()
         self._wake_write.close()
 
-    def _relisten(self, instance_ids: tuple[str, ...] | None, *, polling_only: bool = False) -> None:
+    def _relisten(self, instance_ids: tuple[str, ...] | None) -> None:
         with self._lock:
             exposures = [e for i, e in self._exposed.items() if instance_ids is None or i in instance_ids]
         for exposure in exposures:
+            listening = exposure.namespace.listening_ports(exposure.private_ip)
+            if not listening and not exposure.listeners:
+                continue  # still booting: nothing to open yet, and no rule to look up
             ranges = self._gate.open_ranges(exposure.instance_id)
-            wide = [r for r in ranges if r == (-1, -1) or r[1] - r[0] >= _LISTEN_WHOLE]
-            if polling_only and not wide:
-                continue
-            wanted = _ports_of([r for r in ranges if r not in wide])
-            if wide:
-                wanted |= {port for port in exposure.namespace.listening_ports() if _within(port, wide)}
+            wanted = {port for port in listening if _within(port, ranges)}
             self._close_listeners(exposure, set(exposure.listeners) - wanted)
             for port in sorted(wanted - set(exposure.listeners)):
                 self._listen(exposure, port)
@@ -248,10 +249,6 @@ def _cut(connection: socket.socket) -> None:
         connection.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-
-
-def _ports_of(ranges: list[tuple[int, int]]) -> set[int]:
-    return {port for low, high in ranges if (low, high) != (-1, -1) for port in range(low, high + 1)}
 
 
 def _within(port: int, ranges: list[tuple[int, int]]) -> bool:

@@ -20,11 +20,11 @@ import threading
 from dataclasses import dataclass
 
 from ._errors import HostError
+from ._metadata import ADDRESS as METADATA_ADDRESS
+from ._metadata import MetadataService
 from ._netns import Namespace
 from ._relay import Exposure, Gate, PublicAddresses
 from ._throttle import Link
-
-METADATA_ADDRESS = "100.100.100.200"
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,7 @@ class Wire:
         self.bandwidth_caps = bandwidth_caps
         up, down = (Link(client_link[0]), Link(client_link[1])) if client_link else (None, None)
         self.public = PublicAddresses(gate, up, down)
+        self.metadata = MetadataService(gate.metadata)
         self._bridges: dict[str, _Bridge] = {}
         self._lock = threading.Lock()
 
@@ -119,6 +120,11 @@ class Wire:
             if bridge is None:
                 bridge = self._bridges[attachment.vpc_id] = _Bridge(attachment.vpc_id)
         bridge.plug(attachment.instance_id, machine_pid)
+        namespace = Namespace(machine_pid)
+        try:
+            self.metadata.serve(attachment.instance_id, namespace)
+        finally:
+            namespace.close()  # the listening socket holds the namespace now
         if attachment.public_ip:
             caps = self.bandwidth_caps
             self.public.expose(
@@ -134,6 +140,7 @@ class Wire:
 
     def unplug(self, instance_id: str) -> None:
         self.public.withdraw(instance_id)
+        self.metadata.stop(instance_id)
 
     def remove_vpc(self, vpc_id: str) -> None:
         with self._lock:
@@ -143,6 +150,7 @@ class Wire:
 
     def close(self) -> None:
         self.public.close()
+        self.metadata.close()
         with self._lock:
             bridges, self._bridges = list(self._bridges.values()), {}
         for bridge in bridges:
