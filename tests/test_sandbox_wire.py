@@ -4,6 +4,7 @@ public bandwidth capped. Through the SDK and OpenSSH."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_ecs20140526.client import Client
+from alibabacloud_tea_openapi.models import Config
 
 from pymlsql_magics.sandbox import Sandbox
 
@@ -216,3 +218,44 @@ def test_a_command_run_inside_an_instance_sees_what_a_program_on_ecs_sees(
     done = pymlsql(env, "sandbox", "run", "--state-dir", str(sandbox.state_dir), "i-nosuchinstance", "--", "true")
     assert done.returncode == 1
     assert "i-nosuchinstance has no machine running" in done.stderr
+
+
+def test_an_instance_ram_role_gives_sts_credentials_the_api_accepts_with_their_token(
+    sandbox: Sandbox, client: Client, region: str, key_pair: tuple[str, Path], launched: list[str], tmp_path: Path
+) -> None:
+    name, key = key_pair
+    (instance,) = start_instances(client, region, launched, name, 1, sdk_network(sandbox, region),
+                                  ram_role_name="pymlsql-workers")  # fmt: skip
+    wait_ssh(address(instance), key)
+    # What alibabacloud-credentials' ECS RAM role provider does on an instance (IMDSv2 token, the
+    # role's name, then its credentials), with the instance's own python3 and nothing installed.
+    fetch = """
+import json, urllib.request as u
+base = "http://100.100.100.200/latest/"
+token = u.urlopen(u.Request(base + "api/token", method="PUT",
+                            headers={"X-aliyun-ecs-metadata-token-ttl-seconds": "21600"})).read().decode()
+def get(path):
+    return u.urlopen(u.Request(base + "meta-data/" + path, headers={"X-aliyun-ecs-metadata-token": token})).read()
+role = get("ram/security-credentials/").decode()
+found = json.loads(get("ram/security-credentials/" + role))
+assert found["Code"] == "Success", found
+print(json.dumps([role, found["AccessKeyId"], found["AccessKeySecret"], found["SecurityToken"], found["Expiration"]]))
+"""
+    done = pymlsql(environment(sandbox, tmp_path), "sandbox", "run", "--state-dir", str(sandbox.state_dir),
+                   instance.instance_id, "--", "python3", "-c", fetch)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    role, key_id, secret, token, expiration = json.loads(done.stdout)
+    assert role == "pymlsql-workers" and key_id.startswith("STS.") and token
+    hours = (time.mktime(time.strptime(expiration, "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime())) / 3600
+    assert 5.9 < hours <= 6.0
+
+    def describe_with(security_token: str) -> object:
+        scheme, _, host = sandbox.endpoint.partition("://")
+        config = Config(access_key_id=key_id, access_key_secret=secret, security_token=security_token,
+                        endpoint=host, protocol=scheme, region_id=region)  # fmt: skip
+        request = ecs.DescribeInstancesRequest(region_id=region, instance_ids=json.dumps([instance.instance_id]))
+        return Client(config).describe_instances(request).body.instances.instance[0].instance_id
+
+    assert describe_with(token) == instance.instance_id
+    with pytest.raises(Exception, match="InvalidSecurityToken.MismatchWithAccessKey"):
+        describe_with(token[:-4] + "AAAA")

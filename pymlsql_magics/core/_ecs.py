@@ -58,6 +58,7 @@ class EcsClient:
             v_switch_id=spec.vswitch_id,
             zone_id=spec.zone,
             spot_strategy=spec.spot_strategy,
+            ram_role_name=spec.ram_role,
             system_disk=disk,
             internet_max_bandwidth_out=(spec.bandwidth or DEFAULT_BANDWIDTH) if spec.need_public_ip else 0,
             instance_name=spec.name,

@@ -85,6 +85,9 @@ class LaunchSpec:
     user_data: str | None = _setting(None, "file", "user data file (#! script or #cloud-config)", metavar="FILE",
                                      aliases={"cli": ("--user-data-file",)})  # fmt: skip
     spot_strategy: str | None = _setting(None, "choice", "spot pricing", choices=SPOT_STRATEGIES, configurable=True)
+    ram_role: str | None = _setting(None, "text", "RAM role of the instances: programs on them get its STS "
+                                    "credentials from the metadata service, with no key", configurable=True,
+                                    metavar="NAME")  # fmt: skip
     system_disk_size: int | None = _setting(None, "int", "system disk size in GiB", metavar="GIB", configurable=True)
     system_disk_category: str | None = _setting(None, "text", "system disk category, e.g. cloud_essd",
                                                 configurable=True, metavar="CATEGORY")  # fmt: skip

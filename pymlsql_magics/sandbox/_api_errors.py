@@ -9,6 +9,11 @@ _KNOWN: dict[str, tuple[int, str]] = {
     "InvalidTimeStamp.Expired": (400, "Specified time stamp or date value is expired."),
     "InvalidTimeStamp.Format": (400, "Specified time stamp or date value is not well formatted."),
     "SignatureNonceUsed": (400, "The request signature nonce has been used."),
+    "InvalidSecurityToken.MismatchWithAccessKey": (
+        400,
+        "The security token you are using does not match your access key.",
+    ),
+    "InvalidSecurityToken.Expired": (400, "Specified SecurityToken is expired."),
     "InvalidAction.NotFound": (404, "Specified api is not found, please check your url and method."),
     "MissingParameter": (
         400,

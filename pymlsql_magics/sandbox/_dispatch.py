@@ -37,15 +37,16 @@ def handle_api(
         if headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             params.update(parse_qsl(body.decode(), keep_blank_values=True))
         with world.lock:
-            _signature.verify(
+            key_id = _signature.verify(
                 method=method,
                 path="/",
                 query=query,
                 headers=headers,
                 body=body,
-                secrets=access_keys,
+                secrets={**world.role_credentials.secrets(), **access_keys},
                 seen_nonces=world.nonces,
             )
+            world.role_credentials.check_token(key_id, headers.get("x-acs-security-token"))
         version = headers.get("x-acs-version") or query.get("Version") or ECS_VERSION
         if version not in ACTIONS:
             raise ApiError("InvalidVersion", message=f"Specified version {version} is not valid.")

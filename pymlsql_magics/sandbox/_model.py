@@ -26,6 +26,7 @@ from ._catalog import IMAGES
 from ._faults import Fault
 from ._hosts import BootSpec, Hosts
 from ._relay import Gate
+from ._sts import RoleCredentialStore
 from ._wire import Attachment
 
 
@@ -66,6 +67,7 @@ class Instance:
     tags: dict[str, str]
     status: str = "Pending"
     public_ip: str = ""
+    ram_role: str = ""
     creation_time: float = field(default_factory=time.time)
     start_time: float | None = None
     auto_release_time: float | None = None
@@ -238,6 +240,7 @@ class World(Gate):
         self.client_tokens: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]] = {}
         self.faults: dict[str, list[Fault]] = {}
         self.nonces: dict[str, float] = {}
+        self.role_credentials = RoleCredentialStore()
         self.ssh_delay = 0.0
         self.stuck: str | None = None
         self.requests: list[dict[str, Any]] = []
@@ -290,6 +293,7 @@ class World(Gate):
         return False
 
     def metadata(self, instance_id: str, key: str) -> str | None:
+        key = key.strip("/")
         with self.lock:
             instance = self.instances.get(instance_id)
             if instance is None:
@@ -301,15 +305,19 @@ class World(Gate):
                 "vpc-id": instance.vpc_id,
                 "vswitch-id": instance.vswitch_id,
                 "private-ipv4": instance.private_ip,
-                "eipv4": instance.public_ip,
+                "eipv4": instance.public_ip,  # "" (a 404) without a public address
                 "hostname": instance.hostname,
                 "image-id": instance.image_id,
                 "instance/instance-type": instance.instance_type,
             }
-        if key in ("", "/"):
+            role = instance.ram_role
+            if role:
+                values["ram/security-credentials"] = role
+                if key == f"ram/security-credentials/{role}":
+                    return self.role_credentials.for_instance(instance_id, role).as_metadata()
+        if not key:
             return "\n".join(sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in values}))
-        value = values.get(key.rstrip("/"))
-        return value or None  # an instance without a public address has no eipv4
+        return values.get(key) or None
 
     def rules_changed(self, group: SecurityGroup) -> None:
         wire = self.hosts.wire

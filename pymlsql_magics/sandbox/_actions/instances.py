@@ -48,6 +48,9 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
     if key_pair_name and (region, key_pair_name) not in ctx.world.key_pairs:
         raise ApiError("InvalidKeyPairName.NotFound")
     user_data = _user_data(params.text("UserData"))
+    ram_role = params.text("RamRoleName", "") or ""
+    if len(ram_role) > 64:
+        raise invalid("RamRoleName", "must be at most 64 characters")
     bandwidth = params.integer("InternetMaxBandwidthOut", 0, low=0, high=100) or 0
     # ECS: 1-10 Mbit/s (default 10) while the outbound cap is at most 10, else 1 up to the outbound
     # cap (default: the outbound cap).
@@ -80,6 +83,7 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
         "user_data": user_data,
         "bandwidth_out": bandwidth,
         "bandwidth_in": bandwidth_in,
+        "ram_role": ram_role,
         "system_disk_category": category,
         "system_disk_size": size,
         "spot_strategy": spot,
@@ -178,6 +182,7 @@ def _new_instance(ctx: Context, region: str, settings: dict[str, Any], index: in
         private_ip=private_ip,
         bandwidth_out=settings["bandwidth_out"],
         bandwidth_in=settings["bandwidth_in"],
+        ram_role=settings["ram_role"],
         ssh_port=22 if ctx.world.hosts.full else _free_port(private_ip),
         user_data=settings["user_data"],
         spot_strategy=settings["spot_strategy"],
