@@ -16,13 +16,16 @@ import pytest
 from alibabacloud_ecs20140526 import models as ecs
 from alibabacloud_ecs20140526.client import Client
 from alibabacloud_tea_openapi.models import Config
+from alibabacloud_vpc20160428 import models as vpc
 
+from pymlsql_magics.core import EcsConfig, Fleet
 from pymlsql_magics.sandbox import Sandbox
 
 from .conftest import FAST
 from .helpers import (
     SdkNetwork,
     address,
+    api_error,
     describe,
     environment,
     make_network,
@@ -259,3 +262,48 @@ print(json.dumps([role, found["AccessKeyId"], found["AccessKeySecret"], found["S
     assert describe_with(token) == instance.instance_id
     with pytest.raises(Exception, match="InvalidSecurityToken.MismatchWithAccessKey"):
         describe_with(token[:-4] + "AAAA")
+
+
+def test_an_eip_gives_an_instance_its_public_address_until_it_is_unassociated(
+    sandbox: Sandbox, client: Client, region: str, key_pair: tuple[str, Path], launched: list[str]
+) -> None:
+    name, key = key_pair
+    vpcs = new_vpc_client(sandbox)
+    (instance,) = start_instances(client, region, launched, name, 1, sdk_network(sandbox, region),
+                                  internet_max_bandwidth_out=0)  # fmt: skip
+    assert instance.public_ip_address.ip_address == []
+    allocated = vpcs.allocate_eip_address(vpc.AllocateEipAddressRequest(region_id=region, bandwidth=3)).body
+    allocation_id, eip = allocated.allocation_id, allocated.eip_address
+
+    def status() -> str:
+        request = vpc.DescribeEipAddressesRequest(region_id=region, allocation_id=allocation_id)
+        found = vpcs.describe_eip_addresses(request).body.eip_addresses.eip_address
+        return str(found[0].status) if found else "gone"
+
+    assert status() == "Available" and not connects(eip, 22)
+    vpcs.associate_eip_address(vpc.AssociateEipAddressRequest(region_id=region, allocation_id=allocation_id,
+                                                              instance_id=instance.instance_id))  # fmt: skip
+    wait_for(lambda: status() == "InUse", what="the EIP to be InUse")
+    (shown,) = describe(client, region, [instance.instance_id])
+    assert (shown.eip_address.ip_address, shown.eip_address.allocation_id) == (eip, allocation_id)
+    wait_ssh(eip, key)
+    # The client finds the EIP in DescribeInstances and dials it, with no flag.
+    config = EcsConfig.from_env(sandbox.environment(), known_hosts=str(key.parent / "known_hosts"),
+                                key_dir=str(key.parent))  # fmt: skip
+    with Fleet(config) as fleet:
+        (found,) = fleet.get([instance.instance_id])
+        assert found.public_ip == eip
+        assert fleet.exec([found], "hostname")[instance.instance_id].stdout.strip() == instance.host_name  # type: ignore[union-attr]
+    refused = api_error(lambda: vpcs.release_eip_address(
+        vpc.ReleaseEipAddressRequest(region_id=region, allocation_id=allocation_id)))  # fmt: skip
+    assert refused.code == "IncorrectEipStatus"
+
+    vpcs.unassociate_eip_address(vpc.UnassociateEipAddressRequest(region_id=region, allocation_id=allocation_id,
+                                                                  instance_id=instance.instance_id))  # fmt: skip
+    assert not connects(eip, 22), "an EIP being unassociated still answered"
+    wait_for(lambda: status() == "Available", what="the EIP to be Available")
+    vpcs.release_eip_address(vpc.ReleaseEipAddressRequest(region_id=region, allocation_id=allocation_id))
+    assert status() == "gone"
+    missing = api_error(lambda: vpcs.release_eip_address(
+        vpc.ReleaseEipAddressRequest(region_id=region, allocation_id=allocation_id)))  # fmt: skip
+    assert missing.code == "InvalidAllocationId.NotFound"

@@ -161,6 +161,21 @@ class VSwitch:
 
 
 @dataclass
+class Eip:
+    """An elastic IP address: a public address of the sandbox's block, held apart from instances."""
+
+    allocation_id: str
+    region_id: str
+    ip_address: str
+    bandwidth: int  # Mbit/s, its own cap while associated
+    charge_type: str
+    status: str = "Available"  # Associating, InUse, Unassociating, Available
+    instance_id: str = ""
+    creation_time: float = field(default_factory=time.time)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Invocation:
     invoke_id: str
     command_id: str
@@ -236,6 +251,7 @@ class World(Gate):
         self.vpcs: dict[str, Vpc] = {}
         self.vswitches: dict[str, VSwitch] = {}
         self.public_ips: set[str] = set()
+        self.eips: dict[str, Eip] = {}
         self.invocations: dict[str, Invocation] = {}
         self.client_tokens: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]] = {}
         self.faults: dict[str, list[Fault]] = {}
@@ -265,6 +281,27 @@ class World(Gate):
                 self.public_ips.add(address)
                 return address
         raise RuntimeError("the sandbox has handed out every public address it has")
+
+    def eip_of(self, instance: Instance) -> Eip | None:
+        return next((e for e in self.eips.values() if e.instance_id == instance.instance_id), None)
+
+    def public_address(self, instance: Instance) -> tuple[str, int, int]:
+        """(address, outbound Mbit/s, inbound Mbit/s) this machine reaches the instance at: its EIP's,
+        else its own public IP's, else ("", 0, 0)."""
+        eip = self.eip_of(instance)
+        if eip is not None and eip.status == "InUse":
+            return eip.ip_address, eip.bandwidth, max(10, eip.bandwidth)
+        if instance.public_ip:
+            return instance.public_ip, instance.bandwidth_out, instance.bandwidth_in
+        return "", 0, 0
+
+    def readdressed(self, instance: Instance) -> None:
+        """The instance's public address changed (an EIP came or went): the NAT follows at once."""
+        wire = self.hosts.wire
+        if wire is not None:
+            address, out, inbound = self.public_address(instance)
+            instance_id = instance.instance_id
+            self._outside_lock(lambda: wire.readdress(instance_id, address, out, inbound))
 
     def remove_vpc(self, vpc: Vpc) -> None:
         del self.vpcs[vpc.vpc_id]
@@ -305,7 +342,7 @@ class World(Gate):
                 "vpc-id": instance.vpc_id,
                 "vswitch-id": instance.vswitch_id,
                 "private-ipv4": instance.private_ip,
-                "eipv4": instance.public_ip,  # "" (a 404) without a public address
+                "eipv4": self.public_address(instance)[0],  # "" (a 404) without a public address
                 "hostname": instance.hostname,
                 "image-id": instance.image_id,
                 "instance/instance-type": instance.instance_type,
@@ -374,6 +411,9 @@ class World(Gate):
         if vswitch is not None:
             vswitch.used.discard(instance.private_ip)
         self.public_ips.discard(instance.public_ip)
+        eip = self.eip_of(instance)
+        if eip is not None:  # an EIP outlives its instance, free to associate again
+            eip.instance_id, eip.status = "", "Available"
         self._outside_lock(lambda: self.hosts.destroy(instance.instance_id))
 
     def drop_ssh(self, instance_id: str, *, new_host_keys: bool) -> None:
@@ -432,6 +472,7 @@ class World(Gate):
             key = self.key_pairs.get((instance.region_id, instance.key_pair_name))
             vswitch, vpc = self.vswitches.get(instance.vswitch_id), self.vpcs.get(instance.vpc_id)
             network = None
+            public = self.public_address(instance)
             if vswitch is not None and vpc is not None:
                 network = Attachment(
                     instance_id=instance_id,
@@ -439,9 +480,9 @@ class World(Gate):
                     private_ip=instance.private_ip,
                     vswitch_cidr=vswitch.cidr,
                     vpc_cidr=vpc.cidr,
-                    public_ip=instance.public_ip,
-                    bandwidth_out=instance.bandwidth_out,
-                    bandwidth_in=instance.bandwidth_in,
+                    public_ip=public[0],
+                    bandwidth_out=public[1],
+                    bandwidth_in=public[2],
                 )
             spec = BootSpec(
                 instance_id=instance_id,

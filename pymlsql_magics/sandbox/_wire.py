@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._errors import HostError
 from ._metadata import ADDRESS as METADATA_ADDRESS
@@ -112,19 +112,24 @@ class Wire:
         self.public = PublicAddresses(gate, up, down)
         self.metadata = MetadataService(gate.metadata)
         self._bridges: dict[str, _Bridge] = {}
+        self._plugged: dict[str, tuple[Attachment, int]] = {}  # instance id -> (attachment, machine PID)
         self._lock = threading.Lock()
 
     def plug(self, attachment: Attachment, machine_pid: int) -> None:
         with self._lock:
+            self._plugged[attachment.instance_id] = (attachment, machine_pid)
             bridge = self._bridges.get(attachment.vpc_id)
             if bridge is None:
                 bridge = self._bridges[attachment.vpc_id] = _Bridge(attachment.vpc_id)
         bridge.plug(attachment.instance_id, machine_pid)
+        self._expose(attachment, machine_pid)
         namespace = Namespace(machine_pid)
         try:
             self.metadata.serve(attachment.instance_id, namespace)
         finally:
             namespace.close()  # the listening socket holds the namespace now
+
+    def _expose(self, attachment: Attachment, machine_pid: int) -> None:
         if attachment.public_ip:
             caps = self.bandwidth_caps
             self.public.expose(
@@ -138,7 +143,21 @@ class Wire:
                 )
             )
 
+    def readdress(self, instance_id: str, public_ip: str, bandwidth_out: int, bandwidth_in: int) -> None:
+        """A running machine's public address changed: the old one stops answering, the new one opens."""
+        with self._lock:
+            plugged = self._plugged.get(instance_id)
+            if plugged is None:
+                return  # not running: its next boot takes the new address
+            attachment = replace(plugged[0], public_ip=public_ip, bandwidth_out=bandwidth_out,
+                                 bandwidth_in=bandwidth_in)  # fmt: skip
+            self._plugged[instance_id] = (attachment, plugged[1])
+        self.public.withdraw(instance_id)
+        self._expose(attachment, plugged[1])
+
     def unplug(self, instance_id: str) -> None:
+        with self._lock:
+            self._plugged.pop(instance_id, None)
         self.public.withdraw(instance_id)
         self.metadata.stop(instance_id)
 

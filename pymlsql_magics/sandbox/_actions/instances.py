@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import _catalog
 from .._api_errors import ApiError, invalid, missing
-from .._model import Instance, VSwitch, World, new_id
+from .._model import Eip, Instance, VSwitch, World, new_id
 from .._params import Params, page, token_page
 from .registry import (
     Context,
@@ -246,7 +246,7 @@ def CreateInstance(ctx: Context, params: Params) -> dict[str, Any]:
 @action
 def AllocatePublicIpAddress(ctx: Context, params: Params) -> dict[str, Any]:
     instance = instance_of(ctx, params.text("InstanceId"))
-    if instance.public_ip:
+    if instance.public_ip or ctx.world.eip_of(instance) is not None:
         raise ApiError("AllocatedAlready")
     if instance.bandwidth_out <= 0:
         raise ApiError("AllocateIpInvalidInstanceBandwidth")
@@ -359,7 +359,7 @@ def DeleteInstances(ctx: Context, params: Params) -> dict[str, Any]:
     return {}
 
 
-def _instance_out(instance: Instance) -> dict[str, Any]:
+def _instance_out(instance: Instance, eip: Eip | None) -> dict[str, Any]:
     kind = _catalog.INSTANCE_TYPES[instance.instance_type]
     image = _catalog.IMAGES[instance.image_id]
     return {
@@ -397,7 +397,7 @@ def _instance_out(instance: Instance) -> dict[str, Any]:
         "InstanceNetworkType": "vpc",
         "PublicIpAddress": {"IpAddress": [instance.public_ip] if instance.public_ip else []},
         "InnerIpAddress": {"IpAddress": []},
-        "EipAddress": {"IpAddress": "", "AllocationId": "", "Bandwidth": 0},
+        "EipAddress": _eip_address_out(eip),
         "VpcAttributes": {
             "VpcId": instance.vpc_id,
             "VSwitchId": instance.vswitch_id,
@@ -472,7 +472,8 @@ def DescribeInstances(ctx: Context, params: Params) -> dict[str, Any]:
     else:
         chunk, paging = page(found, params)
         paging["NextToken"] = ""
-    return {**paging, "Instances": {"Instance": [_instance_out(instance) for instance in chunk]}}
+    shown = [_instance_out(instance, ctx.world.eip_of(instance)) for instance in chunk]
+    return {**paging, "Instances": {"Instance": shown}}
 
 
 @action
@@ -508,3 +509,10 @@ def GetInstanceConsoleOutput(ctx: Context, params: Params) -> dict[str, Any]:
         "ConsoleOutput": base64.b64encode(output).decode(),
         "LastUpdateTime": updated.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def _eip_address_out(eip: Eip | None) -> dict[str, Any]:
+    if eip is None or eip.status != "InUse":
+        return {"IpAddress": "", "AllocationId": "", "Bandwidth": 0}
+    return {"IpAddress": eip.ip_address, "AllocationId": eip.allocation_id, "Bandwidth": eip.bandwidth,
+            "InternetChargeType": eip.charge_type, "IsSupportUnassociate": True}  # fmt: skip
