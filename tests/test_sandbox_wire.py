@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -19,7 +20,7 @@ from alibabacloud_tea_openapi.models import Config
 from alibabacloud_vpc20160428 import models as vpc
 
 from pymlsql_magics.core import EcsConfig, Fleet
-from pymlsql_magics.sandbox import Sandbox
+from pymlsql_magics.sandbox import Sandbox, read_info
 
 from .conftest import FAST
 from .helpers import (
@@ -307,3 +308,40 @@ def test_an_eip_gives_an_instance_its_public_address_until_it_is_unassociated(
     missing = api_error(lambda: vpcs.release_eip_address(
         vpc.ReleaseEipAddressRequest(region_id=region, allocation_id=allocation_id)))  # fmt: skip
     assert missing.code == "InvalidAllocationId.NotFound"
+
+
+def _namespaces_in_use() -> dict[str, set[int]]:
+    """Network namespace -> the processes in it, over every process of this machine."""
+    found: dict[str, set[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.setdefault(os.readlink(entry / "ns" / "net"), set()).add(int(entry.name))
+            except OSError:
+                pass  # gone meanwhile
+    return found
+
+
+def test_a_killed_sandbox_leaves_no_network_behind(tmp_path: Path) -> None:
+    env = environment(None, tmp_path)
+    state = tmp_path / "state"
+    before = set(_namespaces_in_use())
+    started = pymlsql(env, "sandbox", "start", "--state-dir", str(state), "--boot-delay", "0.3",
+                      "--pending-delay", "0.3", "--starting-delay", "0.3")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    info = read_info(state)
+    assert info is not None
+    config = EcsConfig.from_env(info.environment(), known_hosts=str(tmp_path / "known_hosts"),
+                                key_dir=str(tmp_path / "keys"))  # fmt: skip
+    with Fleet(config) as fleet:
+        (instance,) = fleet.start(image_id="debian_12_x64_20G_alibase_20240101.vhd", key_pair_name="crash",
+                                  init_ssh_key=True)  # fmt: skip
+    made = set(_namespaces_in_use()) - before
+    assert len(made) >= 2, "the instance's network and its VPC's bridge each have a namespace"
+    assert connects(instance.public_ip, 22)
+
+    os.kill(info.pid, signal.SIGKILL)  # no clean-up code of the sandbox runs
+    wait_for(lambda: not (made & set(_namespaces_in_use())), timeout=15, what="the sandbox's namespaces to go")
+    assert not connects(instance.public_ip, 22)
+    stopped = pymlsql(env, "sandbox", "stop", "--state-dir", str(state))
+    assert stopped.returncode == 0, stopped.stderr
