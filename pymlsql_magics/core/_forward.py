@@ -93,39 +93,26 @@ class Forward:
             return
         with self._lock:
             self._open.add(local)
-        upward = threading.Thread(target=_to_channel, args=(local, channel), daemon=True)
+        upward = threading.Thread(target=_copy, args=(local.recv, channel.sendall, channel.shutdown_write),
+                                  daemon=True)  # fmt: skip
         upward.start()
-        try:
-            while True:
-                data = channel.recv(_CHUNK)
-                if not data:
-                    break
-                local.sendall(data)
-        except (OSError, paramiko.SSHException):
-            pass
-        finally:
-            try:
-                local.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            upward.join()
-            channel.close()
-            local.close()
-            with self._lock:
-                self._open.discard(local)
+        _copy(channel.recv, local.sendall, lambda: local.shutdown(socket.SHUT_WR))
+        upward.join()
+        channel.close()
+        local.close()
+        with self._lock:
+            self._open.discard(local)
 
 
-def _to_channel(local: socket.socket, channel: paramiko.Channel) -> None:
+def _copy(read: Callable[[int], bytes], write: Callable[[bytes], object], finish: Callable[[], object]) -> None:
+    """One direction of a carried connection, until its end or a failure; then `finish` the other side."""
     try:
-        while True:
-            data = local.recv(_CHUNK)
-            if not data:
-                break
-            channel.sendall(data)
+        while data := read(_CHUNK):
+            write(data)
     except (OSError, paramiko.SSHException):
         pass
     finally:
         try:
-            channel.shutdown_write()
+            finish()
         except (OSError, paramiko.SSHException):
             pass

@@ -74,11 +74,11 @@ class _Machine:
 class Hosts:
     """Boots, halts and reaches the machines of one sandbox."""
 
-    def __init__(self, state_dir: Path, on_ssh_ready: Callable[[str, int], None], wire: Wire | None = None) -> None:
+    def __init__(self, state_dir: Path, on_ssh_ready: Callable[[str, int], None]) -> None:
         self.root = state_dir / "instances"
         self.root.mkdir(parents=True, exist_ok=True)
         self.full = full_fidelity()
-        self.wire = wire if self.full else None
+        self.wire: Wire | None = None  # set by the sandbox as root, where machines get their own network
         self.sshd = find_sshd()
         self._on_ssh_ready = on_ssh_ready
         self._machines: dict[str, _Machine] = {}
@@ -499,16 +499,14 @@ class Hosts:
         return machine.generation if machine else None
 
 
-def inside_command(init_pid: int, user: str, argv: list[str], *, workdir: str | None = None,
-                   environment: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+def inside_command(init_pid: int, user: str, argv: list[str], *, workdir: str | None = None) -> list[str]:
     """`argv` run inside a machine as `user` would: its network, files, hostname and processes."""
     home = "/root" if user == "root" else "/home/" + user
     inner = argv if user == "root" else ["runuser", "-u", user, "--", *argv]
-    settings = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": home, "USER": user,
-                **(environment or {})}  # fmt: skip
     return [
         "nsenter", "-t", str(init_pid), "-m", "-u", "-p", "-n", f"--wdns={workdir or home}",
-        "env", "-i", *(f"{name}={value}" for name, value in settings.items()), *inner,
+        "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"HOME={home}",
+        f"USER={user}", *inner,
     ]  # fmt: skip
 
 

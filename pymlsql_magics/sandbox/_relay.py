@@ -40,6 +40,7 @@ class Exposure:
     outbound: Link | None  # instance -> internet (InternetMaxBandwidthOut)
     inbound: Link | None  # internet -> instance (InternetMaxBandwidthIn)
     listeners: dict[int, socket.socket] = field(default_factory=dict)
+    listening: frozenset[int] = frozenset()  # where the instance listened at the last look
     carried: set[socket.socket] = field(default_factory=set)
 
 
@@ -129,18 +130,21 @@ class PublicAddresses:
                 pending, self._pending = self._pending, []
             for change in pending:
                 change()
-            self._relisten(None)
+            self._relisten(None, changed_only=True)
         self._selector.close()
         self._wake_read.close()
         self._wake_write.close()
 
-    def _relisten(self, instance_ids: tuple[str, ...] | None) -> None:
+    def _relisten(self, instance_ids: tuple[str, ...] | None, *, changed_only: bool = False) -> None:
+        """Listens where the rules open and the instance listens; at a tick (`changed_only`), only for
+        the instances whose own listeners changed: the rules' changes come through refresh()."""
         with self._lock:
             exposures = [e for i, e in self._exposed.items() if instance_ids is None or i in instance_ids]
         for exposure in exposures:
-            listening = exposure.namespace.listening_ports(exposure.private_ip)
-            if not listening and not exposure.listeners:
-                continue  # still booting: nothing to open yet, and no rule to look up
+            listening = frozenset(exposure.namespace.listening_ports(exposure.private_ip))
+            if changed_only and listening == exposure.listening:
+                continue
+            exposure.listening = listening
             ranges = self._gate.open_ranges(exposure.instance_id)
             wanted = {port for port in listening if _within(port, ranges)}
             self._close_listeners(exposure, set(exposure.listeners) - wanted)
