@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pymlsql",
         description="Run Alibaba Cloud ECS instances from shell scripts: start, exec-shell, copy, stop.",
-        epilog="Credentials: ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET, AK/AKS, or the aliyun CLI's profile; "
-        "with none, the local sandbox is used (pymlsql sandbox --help).",
+        epilog="Credentials: ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET, AK/AKS, the aliyun CLI's profile, or on an ECS "
+        "instance its RAM role; with none, the local sandbox is used (pymlsql sandbox --help).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _common_flags() -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument(
-        "--region", metavar="REGION", help="ECS region (default: ALIBABA_CLOUD_REGION_ID or cn-hangzhou)"
+        "--region", metavar="REGION",
+        help="ECS region (default: ALIBABA_CLOUD_REGION_ID, on an ECS instance its own, else cn-hangzhou)",
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return common

@@ -41,7 +41,8 @@ def start(shell, name, count=1, extra=""):
 
 def test_every_public_setting_of_the_core_has_a_trait():
     # Endpoints and the credentials' origin come from the environment, not from a notebook's %config.
-    public = {f.name for f in fields(EcsConfig) if f.repr} - {"endpoint", "metadata_endpoint", "credentials_source"}
+    public = {f.name for f in fields(EcsConfig) if f.repr} - {"endpoint", "metadata_endpoint", "credentials_source",
+                                                                 "ram_role_name"}
     assert public <= set(EcsMagics.class_trait_names(config=True))
 
 

@@ -14,7 +14,9 @@ import pytest
 from alibabacloud_ecs20140526 import models as ecs
 
 from pymlsql_magics.core import EcsConfig, Fleet, Instance
+from pymlsql_magics.core._errors import ConfigError
 from pymlsql_magics.core._network import NetworkPlanner
+from pymlsql_magics.core._whereabouts import Whereabouts
 from pymlsql_magics.sandbox import Sandbox
 
 from .conftest import FAST
@@ -234,6 +236,34 @@ def test_a_given_group_that_opens_ssh_is_used_as_given(netbox: Sandbox, home: Pa
             fleet.stop([instance])
 
 
+BESIDE_REFUSED = {
+    "zone-not-the-clients": (lambda t: {"vswitch_id": t["open"].vswitch_id, "zone": "cn-shanghai-k"},
+                             ["this client runs in cn-shanghai-h", "not in the zone cn-shanghai-k",
+                              "Leave --zone out"]),
+    "vswitch-not-shown": (lambda t: {"vswitch_id": "vsw-elsewhere", "zone": None},
+                          ["which region cn-shanghai does not show to these credentials", "--region"]),
+    "type-not-in-the-clients-zone": (lambda t: {"vswitch_id": t["open"].vswitch_id, "zone": None,
+                                                "instance_type": "ecs.nope.large"},
+                                     ["ecs.nope.large cannot be created in cn-shanghai-h", "--vswitch-id of"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BESIDE_REFUSED))
+def test_a_start_from_inside_a_vpc_that_cannot_go_beside_its_client_says_why_and_makes_nothing(
+    netbox: Sandbox, home: Path, theirs: dict[str, Any], case: str
+) -> None:
+    given, expected = BESIDE_REFUSED[case]
+    place = given(theirs)
+    client_home = Whereabouts(theirs["open"].vpc_id, "i-theclient0000000000", place["vswitch_id"], "cn-shanghai-h")
+    with fleet_in(netbox, home, theirs["region"]) as fleet, makes_nothing(netbox):
+        planner = NetworkPlanner(fleet.ecs, fleet.vpc, progress=lambda _: None, timeout=30)
+        with pytest.raises(ConfigError) as raised:
+            planner.network_for(place.get("instance_type", "ecs.g7.large"), vswitch_id=None, security_group=None,
+                                zone=place["zone"], ssh_source_cidr="0.0.0.0/0", home=client_home)  # fmt: skip
+    text = str(raised.value)
+    assert all(part in text for part in expected), text
+
+
 # -- the magics ------------------------------------------------------------------------------------
 
 
@@ -298,12 +328,14 @@ def test_the_metadata_service_is_asked_only_on_ecs_or_where_set(tmp_path: Path) 
     assert metadata_base("off", ecs_dmi) is None  # "off" wins even on ECS
 
     asked: list[str] = []
+    answers = {"vpc-id": "vpc-inside0000000000", "instance-id": "i-client000000000000", "vswitch-id": "vsw-client",
+               "zone-id": "cn-shanghai-b", "region-id": "cn-shanghai"}  # fmt: skip
 
     class Metadata(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
             asked.append(self.path)
-            body = b"vpc-inside0000000000"
-            self.send_response(200)
+            body = answers.get(self.path.removeprefix("/latest/meta-data/"), "").encode()
+            self.send_response(200 if body else 404)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -313,11 +345,22 @@ def test_the_metadata_service_is_asked_only_on_ecs_or_where_set(tmp_path: Path) 
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        where = find_whereabouts(f"http://127.0.0.1:{server.server_address[1]}", laptop)
+        where = find_whereabouts(base, laptop)
+        first = list(asked)
+        asked.clear()
+        # Nothing given: the region is the instance's own. A RAM role is used only through the one
+        # address alibabacloud-credentials asks, so a metadata service elsewhere gives no credentials.
+        config = EcsConfig.from_env({"PYMLSQL_METADATA_ENDPOINT": base, "HOME": str(tmp_path)})
+        given = EcsConfig.from_env({"PYMLSQL_METADATA_ENDPOINT": base, "HOME": str(tmp_path),
+                                    "ALIBABA_CLOUD_REGION_ID": "cn-beijing"})  # fmt: skip
     finally:
         server.shutdown()
         server.server_close()
-    assert asked == ["/latest/meta-data/vpc-id"]
-    assert where.vpc_id == "vpc-inside0000000000" and where.inside("vpc-inside0000000000")
+    assert first == [f"/latest/meta-data/{key}" for key in ("vpc-id", "instance-id", "vswitch-id", "zone-id")]
+    assert where == Whereabouts("vpc-inside0000000000", "i-client000000000000", "vsw-client", "cn-shanghai-b")
+    assert where.inside("vpc-inside0000000000")
+    assert config.region_id == "cn-shanghai" and not config.has_credentials
+    assert given.region_id == "cn-beijing" and asked == ["/latest/meta-data/region-id"]
     assert not where.inside("vpc-other") and not find_whereabouts("off", ecs_dmi).inside("vpc-inside0000000000")

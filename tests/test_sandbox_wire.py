@@ -197,8 +197,14 @@ def test_a_command_run_inside_an_instance_sees_what_a_program_on_ecs_sees(
     def inside(*argv: str) -> subprocess.CompletedProcess[str]:
         return pymlsql(env, "sandbox", "run", "--state-dir", str(sandbox.state_dir), instance.instance_id, "--", *argv)
 
-    if Path("/sys/class/dmi/id/product_name").exists():
-        assert inside("cat", "/sys/class/dmi/id/product_name").stdout == "Alibaba Cloud ECS\n"
+    # Also where this machine has no DMI at all (many VMs), and with the rest of /sys/class intact.
+    assert inside("cat", "/sys/class/dmi/id/product_name").stdout == "Alibaba Cloud ECS\n"
+    assert inside("ls", "/sys/class/net").stdout.split() == sorted(os.listdir("/sys/class/net"))
+    # The sandbox's API answers inside at the address it has outside, and sessions are told where.
+    assert inside("sh", "-c", "echo $PYMLSQL_ECS_ENDPOINT").stdout.strip() == sandbox.endpoint
+    ask_api = "import sys, urllib.request as u; u.urlopen(sys.argv[1] + '/?Action=DescribeRegions')"
+    refused = inside("python3", "-c", ask_api, sandbox.endpoint)
+    assert "HTTP Error 400" in refused.stderr or "HTTP Error 403" in refused.stderr, refused.stderr  # unsigned
     ask = ("import sys, urllib.request as u; "
            "print(u.urlopen('http://100.100.100.200/latest/meta-data/' + sys.argv[1]).read().decode())")
     expected = {

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from alibabacloud_credentials.client import Client as CredentialClient
+from alibabacloud_credentials.models import Config as CredentialConfig
 from alibabacloud_tea_openapi.models import Config
 from Tea.exceptions import TeaException
 
@@ -107,12 +108,16 @@ def sdk_config(config: EcsConfig) -> Config:
         )
     elif config.credentials_source is CredentialsSource.CHAIN:
         options["credential"] = CredentialClient()
+    elif config.credentials_source is CredentialsSource.ECS_RAM_ROLE:
+        role = CredentialConfig(type="ecs_ram_role", role_name=config.ram_role_name)
+        options["credential"] = CredentialClient(role)
     else:
         raise ConfigError(
             "no Alibaba Cloud credentials found",
             hint=(
                 "Set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, or configure the aliyun "
-                'CLI, or try everything locally first with: eval "$(pymlsql sandbox start)"'
+                "CLI, or on an ECS instance attach a RAM role to it, or try everything locally first with: "
+                'eval "$(pymlsql sandbox start)"'
             ),
         )
     return Config(**options)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
+from ._whereabouts import METADATA_ENDPOINT, metadata_base, metadata_value
 
 # Files and variables through which the credential chain of alibabacloud-credentials can find
 # keys. Without any of them the chain has nothing to find but an ECS RAM role, whose probe of the
@@ -33,6 +34,7 @@ class CredentialsSource(str, Enum):
     ENVIRONMENT = "environment"
     AK_AKS = "AK/AKS"
     CHAIN = "credential chain"  # alibabacloud-credentials finds them (a profile, a role, an OIDC token)
+    ECS_RAM_ROLE = "ECS RAM role"  # on an ECS instance with a role: STS credentials from its metadata
     SANDBOX = "local sandbox"
 
     def __str__(self) -> str:
@@ -54,7 +56,7 @@ class EcsConfig:
     Credentials never appear in the repr. Build it with `EcsConfig.from_env(**overrides)`.
     """
 
-    region_id: str = _setting("cn-hangzhou", "Region of the instances.")
+    region_id: str = _setting("cn-hangzhou", "Region of the instances (on an ECS instance, its own).")
     endpoint: str | None = None  # None: Alibaba Cloud's endpoint for region_id
     start_timeout: float = _setting(600.0, "Seconds a start waits for Running and SSH.")
     ssh_connect_timeout: float = _setting(15.0, "Seconds to connect over SSH.")
@@ -78,6 +80,7 @@ class EcsConfig:
     access_key_secret: str | None = field(default=None, repr=False)
     security_token: str | None = field(default=None, repr=False)
     credentials_source: CredentialsSource = CredentialsSource.NONE
+    ram_role_name: str | None = None  # the instance's RAM role, when credentials_source is ECS_RAM_ROLE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EcsConfig:
@@ -115,6 +118,9 @@ class EcsConfig:
             )
         elif _chain_may_have_credentials(environ):
             settings["credentials_source"] = CredentialsSource.CHAIN
+        settings.update(_from_instance_metadata(given.get("metadata_endpoint") or settings.get("metadata_endpoint"),
+                                                need_region="region_id" not in {**settings, **given},
+                                                need_credentials="credentials_source" not in {**settings, **given}))
         config = cls(**{**settings, **given})
         config.check()
         return config
@@ -148,6 +154,26 @@ class EcsConfig:
 
     def key_path(self, key_pair_name: str) -> Path:
         return Path(self.key_dir).expanduser() / key_pair_name
+
+
+def _from_instance_metadata(setting: str | None, *, need_region: bool, need_credentials: bool) -> dict[str, Any]:
+    """On an ECS instance, what nothing else gave: its region, and its RAM role's credentials.
+
+    Elsewhere nothing is asked (see _whereabouts). The role is used through alibabacloud-credentials,
+    which asks the metadata service at its one address, so only there.
+    """
+    base = metadata_base(setting) if need_region or need_credentials else None
+    if base is None:
+        return {}
+    found: dict[str, Any] = {}
+    region = metadata_value(base, "region-id") if need_region else None
+    if region:
+        found["region_id"] = region
+    ask_role = need_credentials and base == METADATA_ENDPOINT
+    roles = metadata_value(base, "ram/security-credentials/") if ask_role else None
+    if roles:
+        found.update(credentials_source=CredentialsSource.ECS_RAM_ROLE, ram_role_name=roles.splitlines()[0].strip())
+    return found
 
 
 def _chain_may_have_credentials(environ: Mapping[str, str]) -> bool:

@@ -4,7 +4,8 @@ Without --vswitch-id / --security-group a start uses what this tool made earlier
 (tagged pymlsql:created-by=pymlsql): one VPC, a vSwitch per zone, one security group that lets
 SSH in from `ssh_source_cidr`. What is missing is made, each with its own ClientToken so a retried
 call never makes two; when two clients race, both keep the oldest of what exists and the other
-deletes its own. Everything given is checked before anything is made.
+deletes its own. A client on an ECS instance starts new instances beside itself instead: in its
+own vSwitch and security group. Everything given is checked before anything is made.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ._errors import ConfigError, EcsApiError, PymlsqlError, WaitTimeoutError
 from ._network_resources import GroupInfo, VpcInfo, VSwitchInfo
+from ._whereabouts import Whereabouts
 
 if TYPE_CHECKING:
     from ._ecs import EcsClient
@@ -55,10 +57,11 @@ class NetworkPlanner:
         self.ecs, self.vpc, self.progress, self.timeout = ecs, vpc, progress, timeout
 
     def network_for(self, instance_type: str, *, vswitch_id: str | None, security_group: str | None,
-                    zone: str | None, ssh_source_cidr: str) -> Network:  # fmt: skip
+                    zone: str | None, ssh_source_cidr: str, home: Whereabouts | None = None) -> Network:  # fmt: skip
         """The network to create `instance_type` in; ConfigError names a given value that cannot work.
 
-        What is given is checked before anything is made: a bad value leaves nothing behind.
+        `home` is where this client runs: inside a VPC, new instances go beside it unless told
+        otherwise. What is given is checked before anything is made: a bad value leaves nothing behind.
         """
         offered = self.ecs.zones_offering(instance_type)
         given_group = self._given_group(security_group) if security_group else None
@@ -66,6 +69,8 @@ class NetworkPlanner:
             vswitch = self._given_vswitch(vswitch_id, zone, instance_type, offered)
         elif given_group is not None:
             vswitch = self._vswitch_of_given_vpc(given_group, zone, instance_type, offered)
+        elif home is not None and home.vpc_id:
+            return self._beside(home, instance_type, zone, offered, ssh_source_cidr)
         else:
             zone = self._zone(instance_type, zone, offered)  # checked before anything is made
             vswitch = self._own_vswitch(self._own_vpc().vpc_id, zone)
@@ -79,6 +84,39 @@ class NetworkPlanner:
             self._check_opens_ssh(given_group.security_group_id, ssh_source_cidr)
         group = given_group or self._own_group(vswitch.vpc_id, ssh_source_cidr)
         return Network(vswitch.vpc_id, vswitch.vswitch_id, group.security_group_id, vswitch.zone_id)
+
+    def _beside(self, home: Whereabouts, instance_type: str, zone: str | None, offered: list[str],
+                ssh_source_cidr: str) -> Network:  # fmt: skip
+        """This client's own vSwitch and security group: as a master launching its workers, the new
+        instances reach it and each other by private address on every port the group lets in."""
+        found = self.vpc.vswitches(vswitch_id=home.vswitch_id) if home.vswitch_id else []
+        if not found:
+            raise ConfigError(
+                f"this client runs in {home.vpc_id} (vSwitch {home.vswitch_id or 'unknown'}), which region "
+                f"{self.vpc.region_id} does not show to these credentials",
+                hint="Pass --region of this instance, or --vswitch-id and --security-group of the network to use.",
+            )
+        vswitch = found[0]
+        if zone and zone != vswitch.zone_id:
+            raise ConfigError(
+                f"this client runs in {vswitch.zone_id} (vSwitch {vswitch.vswitch_id}), not in the zone {zone} given",
+                hint=f"Leave --zone out to start beside it, or pass --vswitch-id of a vSwitch of {home.vpc_id} "
+                f"in {zone}.",
+            )
+        if vswitch.zone_id not in offered:
+            raise ConfigError(
+                f"{instance_type} cannot be created in {vswitch.zone_id}, the zone of this client's vSwitch "
+                f"{vswitch.vswitch_id}",
+                hint=_zones_hint(instance_type, offered) + f" Pass --vswitch-id of {home.vpc_id} in one of them.",
+            )
+        mine = self.ecs.describe([home.instance_id]) if home.instance_id else []
+        groups = mine[0].security_group_ids if mine else ()
+        if groups:
+            group_id = groups[0]
+            self.progress(f"network: beside this client ({home.instance_id}), in its vSwitch and group")
+        else:
+            group_id = self._own_group(vswitch.vpc_id, ssh_source_cidr).security_group_id
+        return Network(vswitch.vpc_id, vswitch.vswitch_id, group_id, vswitch.zone_id)
 
     # -- what the user gave ----------------------------------------------------------------
 

@@ -94,7 +94,7 @@ class Start:
         planner = NetworkPlanner(fleet.ecs, fleet.vpc, progress=fleet.progress, timeout=self.timeout)
         network = planner.network_for(
             spec.instance_type, vswitch_id=spec.vswitch_id, security_group=spec.security_group, zone=spec.zone,
-            ssh_source_cidr=spec.ssh_source_cidr or fleet.config.ssh_source_cidr,
+            ssh_source_cidr=spec.ssh_source_cidr or fleet.config.ssh_source_cidr, home=fleet.whereabouts,
         )  # fmt: skip
         fleet.progress(f"network: {network.vswitch_id} in {network.zone_id} of {network.vpc_id}, "
                        f"group {network.security_group_id}, {'public' if public else 'private'} addresses")  # fmt: skip

@@ -21,9 +21,12 @@ _TIMEOUT = 1.0
 
 @dataclass(frozen=True)
 class Whereabouts:
-    """The VPC this client runs in, or None outside any."""
+    """The VPC this client runs in (and its own instance, vSwitch and zone there), or None outside any."""
 
     vpc_id: str | None = None
+    instance_id: str | None = None
+    vswitch_id: str | None = None
+    zone_id: str | None = None
 
     def inside(self, vpc_id: str) -> bool:
         return bool(vpc_id) and self.vpc_id == vpc_id
@@ -43,15 +46,20 @@ def metadata_base(setting: str | None, dmi: Path = DMI_PRODUCT_NAME) -> str | No
     return METADATA_ENDPOINT if on_ecs else None
 
 
-def find_whereabouts(setting: str | None, dmi: Path = DMI_PRODUCT_NAME) -> Whereabouts:
-    base = metadata_base(setting, dmi)
-    if base is None:
-        return Whereabouts()
+def metadata_value(base: str, key: str) -> str | None:
+    """One value of the metadata service under /latest/meta-data/, or None when it has none."""
     try:
         # No proxy: the metadata service answers only on the instance's own link.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"{base}/latest/meta-data/vpc-id", timeout=_TIMEOUT) as answer:
-            vpc_id = answer.read().decode().strip()
+        with opener.open(f"{base}/latest/meta-data/{key}", timeout=_TIMEOUT) as answer:
+            return answer.read().decode().strip() or None
     except OSError:
+        return None
+
+
+def find_whereabouts(setting: str | None, dmi: Path = DMI_PRODUCT_NAME) -> Whereabouts:
+    base = metadata_base(setting, dmi)
+    vpc_id = metadata_value(base, "vpc-id") if base else None
+    if base is None or vpc_id is None:
         return Whereabouts()
-    return Whereabouts(vpc_id or None)
+    return Whereabouts(vpc_id, *(metadata_value(base, key) for key in ("instance-id", "vswitch-id", "zone-id")))

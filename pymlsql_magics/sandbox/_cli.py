@@ -252,7 +252,7 @@ def _run_inside(info: SandboxInfo, args: argparse.Namespace) -> int:
             hint="`pymlsql sandbox status` lists the instances and which are Running.",
         )
     # The command replaces this process: its output, exit status and Ctrl-C are its own.
-    os.execvp("nsenter", inside_command(pid, args.user, argv))
+    os.execvp("nsenter", inside_command(pid, args.user, argv, endpoint=info.endpoint))
 
 
 def _fault(info: SandboxInfo, args: argparse.Namespace) -> int:

@@ -32,8 +32,10 @@ from ._wire import Attachment, Wire
 
 SSHD = "/usr/sbin/sshd"
 INSIDE_DISK = "/run/pymlsql-disk"
-DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+SYS_CLASS = "/sys/class"
+ECS_PRODUCT_NAME = "Alibaba Cloud ECS"
 _DISK_MARKER = "PYMLSQL_SANDBOX_DISK"
+ENDPOINT_VARIABLE = "PYMLSQL_ECS_ENDPOINT"
 
 
 def full_fidelity() -> bool:
@@ -209,7 +211,9 @@ class Hosts:
         if machine is None:
             raise HostError(f"{instance_id} is not running")
         if self.full and machine.init_pid is not None:
-            command, cwd = inside_command(machine.init_pid, user, ["/bin/sh", "-s"], workdir=workdir), None
+            command = inside_command(machine.init_pid, user, ["/bin/sh", "-s"], workdir=workdir,
+                                     endpoint=self.inside_endpoint())  # fmt: skip
+            cwd = None
         else:
             command, cwd = ["/bin/sh", "-s"], str(self.disk(instance_id))
         process = subprocess.Popen(
@@ -263,10 +267,7 @@ class Hosts:
                 (f"{INSIDE_DISK}/home", "/home", "none", "bind"),
                 (f"{INSIDE_DISK}/tmp", "/tmp", "none", "bind"),
             ]  # fmt: skip
-            if Path(DMI_PRODUCT_NAME).exists():
-                # What cloud-init's ds-identify (and this tool) read to know they run on ECS.
-                (outside / "dmi-product-name").write_text("Alibaba Cloud ECS\n")
-                mounts.append((f"{INSIDE_DISK}/dmi-product-name", DMI_PRODUCT_NAME, "none", "bind"))
+            mounts += _ecs_dmi(outside)
             (outside / "fstab").write_text("".join(" ".join(map(_fstab_field, entry)) + " 0 0\n" for entry in mounts))
             steps += [
                 f"mount --all --fstab {q(str(outside / 'fstab'))}",
@@ -388,9 +389,18 @@ class Hosts:
                     os.chown(folder / item.name, uid, gid)
             os.chown(folder, uid, gid)
 
+    def inside_endpoint(self) -> str | None:
+        """Where the sandbox's API answers inside instances (the same address as outside), if it does."""
+        doors = self.wire.api_doors if self.wire else None
+        return f"http://127.0.0.1:{doors.port}" if doors else None
+
     def _sshd_config(self, spec: BootSpec, disk: Path) -> str:
         if self._own_network(spec):
             lines = [f"ListenAddress 0.0.0.0:{spec.ssh_port}"]
+            endpoint = self.inside_endpoint()
+            if endpoint:
+                # On ECS the region's endpoint answers by name; here sessions learn where the API is.
+                lines.append(f"SetEnv {ENDPOINT_VARIABLE}={endpoint}")
         else:
             lines = [f"ListenAddress {address}:{spec.ssh_port}" for address in spec.addresses]
         lines += [
@@ -499,14 +509,39 @@ class Hosts:
         return machine.generation if machine else None
 
 
-def inside_command(init_pid: int, user: str, argv: list[str], *, workdir: str | None = None) -> list[str]:
-    """`argv` run inside a machine as `user` would: its network, files, hostname and processes."""
+def _ecs_dmi(outside: Path) -> list[tuple[str, str, str, str]]:
+    """Mounts that make the instance's DMI read as an ECS instance's: what cloud-init's ds-identify
+    (and this tool) read to know they run on ECS.
+
+    A machine without DMI (many VMs) has no /sys/class/dmi, and sysfs makes no new folder: cover
+    /sys/class with a tmpfs holding each of its folders, bound back, and a dmi folder of our own.
+    """
+    dmi = outside / "dmi" / "id"
+    dmi.mkdir(parents=True, exist_ok=True)
+    for name, value in (("product_name", ECS_PRODUCT_NAME), ("sys_vendor", "Alibaba Cloud")):
+        (dmi / name).write_text(value + "\n")
+    mounts = []
+    if not Path(SYS_CLASS, "dmi").is_dir():
+        original = "/run/pymlsql-sys-class"
+        mounts += [(SYS_CLASS, original, "none", "bind,X-mount.mkdir"), ("tmpfs", SYS_CLASS, "tmpfs", "mode=755")]
+        mounts += [(f"{original}/{name}", f"{SYS_CLASS}/{name}", "none", "bind,X-mount.mkdir")
+                   for name in sorted(os.listdir(SYS_CLASS))]  # fmt: skip
+    return [*mounts, (f"{INSIDE_DISK}/dmi", f"{SYS_CLASS}/dmi", "none", "bind,X-mount.mkdir")]
+
+
+def inside_command(init_pid: int, user: str, argv: list[str], *, workdir: str | None = None,
+                   endpoint: str | None = None) -> list[str]:  # fmt: skip
+    """`argv` run inside a machine as `user` would: its network, files, hostname and processes.
+
+    Its environment is a fresh session's, with the sandbox's `endpoint` as SSH sessions get it.
+    """
     home = "/root" if user == "root" else "/home/" + user
     inner = argv if user == "root" else ["runuser", "-u", user, "--", *argv]
+    where = [f"{ENDPOINT_VARIABLE}={endpoint}"] if endpoint else []
     return [
         "nsenter", "-t", str(init_pid), "-m", "-u", "-p", "-n", f"--wdns={workdir or home}",
         "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"HOME={home}",
-        f"USER={user}", *inner,
+        f"USER={user}", *where, *inner,
     ]  # fmt: skip
 
 

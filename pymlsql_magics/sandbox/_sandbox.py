@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _faults, _http, _state
+from ._api_door import ApiDoors
 from ._blocks import Blocks
 from ._errors import SandboxBusyError
 from ._faults import FaultOrder
@@ -105,11 +106,13 @@ class Sandbox:
         self.access_key_id, self.access_key_secret = _state.credentials(self.state_dir)
         hosts = Hosts(self.state_dir, on_ssh_ready=self._ssh_ready)
         self.world = World(hosts, Blocks(), self.timings)
+        self._http = _http.serve(self, self.requested_port)
         if hosts.full:
-            hosts.wire = Wire(self.world, bandwidth_caps=self.bandwidth_caps, client_link=self.client_link)
+            doors = ApiDoors(self._http, self.port)
+            hosts.wire = Wire(self.world, bandwidth_caps=self.bandwidth_caps, client_link=self.client_link,
+                              api_doors=doors)  # fmt: skip
         else:
             warnings.warn(DEGRADED_NETWORK, SandboxWarning, stacklevel=2)
-        self._http = _http.serve(self, self.requested_port)
         self._started_at = time.time()
         _state.write_info(self.info)
         return self

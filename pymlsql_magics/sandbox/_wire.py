@@ -19,6 +19,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, replace
 
+from ._api_door import ApiDoors
 from ._errors import HostError
 from ._metadata import ADDRESS as METADATA_ADDRESS
 from ._metadata import MetadataService
@@ -106,8 +107,10 @@ class _Bridge:
 class Wire:
     """Plugs machines into their VPC and puts their public addresses on the internet."""
 
-    def __init__(self, gate: Gate, *, bandwidth_caps: bool = True, client_link: tuple[float, float] | None = None):
+    def __init__(self, gate: Gate, *, bandwidth_caps: bool = True, client_link: tuple[float, float] | None = None,
+                 api_doors: ApiDoors | None = None) -> None:  # fmt: skip
         self.bandwidth_caps = bandwidth_caps
+        self.api_doors = api_doors
         up, down = (Link(client_link[0]), Link(client_link[1])) if client_link else (None, None)
         self.public = PublicAddresses(gate, up, down)
         self.metadata = MetadataService(gate.metadata)
@@ -126,8 +129,10 @@ class Wire:
         namespace = Namespace(machine_pid)
         try:
             self.metadata.serve(attachment.instance_id, namespace)
+            if self.api_doors is not None:
+                self.api_doors.open(attachment.instance_id, namespace)
         finally:
-            namespace.close()  # the listening socket holds the namespace now
+            namespace.close()  # the listening sockets hold the namespace now
 
     def _expose(self, attachment: Attachment, machine_pid: int) -> None:
         if attachment.public_ip:
@@ -160,6 +165,8 @@ class Wire:
             self._plugged.pop(instance_id, None)
         self.public.withdraw(instance_id)
         self.metadata.stop(instance_id)
+        if self.api_doors is not None:
+            self.api_doors.close(instance_id)
 
     def remove_vpc(self, vpc_id: str) -> None:
         with self._lock:
@@ -170,6 +177,8 @@ class Wire:
     def close(self) -> None:
         self.public.close()
         self.metadata.close()
+        if self.api_doors is not None:
+            self.api_doors.close_all()
         with self._lock:
             bridges, self._bridges = list(self._bridges.values()), {}
         for bridge in bridges:
