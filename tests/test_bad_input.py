@@ -152,7 +152,10 @@ def staged_leftovers(folder: Path) -> list[str]:
 # calls that ECS refused).
 CLI_STARTS = {
     "unknown-instance": (["--instance-id", "i-nosuchinstance"], ["no instance i-nosuchinstance", "Check the id"], 0),
-    "unknown-image": (["--image-id", "m-no-such-image"], ["InvalidImageId.NotFound", "Check the image id"], 1),
+    "unknown-image": (["--image-id", "m-no-such-image"],
+                      ["InvalidImageId.NotFound", "(ImageId m-no-such-image, region cn-hangzhou)",
+                       "Check the image id"],
+                      1),
     "unknown-type": (["--image-id", WEBUSER_IMAGE, "--instance-type", "ecs.no-such-type"],
                      ["the instance type ecs.no-such-type", "Check --instance-type"], 0),
     "count-0": (["--image-id", WEBUSER_IMAGE, "--count", "0"], ["count must be at least 1, got 0", "--count"], 0),
@@ -160,13 +163,17 @@ CLI_STARTS = {
     "tag-no-key": (["--image-id", WEBUSER_IMAGE, "--tag", "=v"], ["--tag", "KEY=VALUE", "'=v'"], 0),
     "tag-reserved": (["--image-id", WEBUSER_IMAGE, "--tag", "aliyun:team=ml"],
                      ["tag key 'aliyun:team'", "reserves", "--tag"], 0),
-    "wrong-region": (["--image-id", WEBUSER_IMAGE, "--region", NOWHERE], ["InvalidRegionId.NotFound", "--region"], 0),
+    "wrong-region": (["--image-id", WEBUSER_IMAGE, "--region", NOWHERE],
+                     ["InvalidRegionId.NotFound", f"(RegionId {NOWHERE})", "--region"], 0),
     "missing-user-data": (["--image-id", WEBUSER_IMAGE, "--user-data-file", "/no/such/user-data"],
                           ["cannot read the user data file /no/such/user-data", "--user-data-file"], 0),
 }  # fmt: skip
 MAGIC_STARTS = {
     "unknown-instance": ("--instance-id i-nosuchinstance", ["no instance i-nosuchinstance", "Check the id"], 0),
-    "unknown-image": ("--image-id m-no-such-image", ["InvalidImageId.NotFound", "Check the image id"], 1),
+    "unknown-image": ("--image-id m-no-such-image",
+                      ["InvalidImageId.NotFound", "(ImageId m-no-such-image, region cn-hangzhou)",
+                       "Check the image id"],
+                      1),
     "unknown-type": (f"--image-id {WEBUSER_IMAGE} --instance-type ecs.no-such-type",
                      ["the instance type ecs.no-such-type", "Check --instance-type"], 0),
     "count-0": (f"--image-id {WEBUSER_IMAGE} --count 0", ["count must be at least 1, got 0", "--count"], 0),
@@ -174,7 +181,8 @@ MAGIC_STARTS = {
     "tag-no-value": (f"--image-id {WEBUSER_IMAGE} --tag novalue", ["--tag", "KEY=VALUE", "'novalue'"], 0),
     "tag-no-key": (f"--image-id {WEBUSER_IMAGE} --tag =v", ["--tag", "KEY=VALUE", "'=v'"], 0),
     "tag-reserved": (f"--image-id {WEBUSER_IMAGE} --tag acs:team=ml", ["tag key 'acs:team'", "reserves", "--tag"], 0),
-    "wrong-region": (f"--image-id {WEBUSER_IMAGE} --region {NOWHERE}", ["InvalidRegionId.NotFound", "--region"], 0),
+    "wrong-region": (f"--image-id {WEBUSER_IMAGE} --region {NOWHERE}",
+                     ["InvalidRegionId.NotFound", f"(RegionId {NOWHERE})", "--region"], 0),
     "missing-user-data": (f"--image-id {WEBUSER_IMAGE} --user-data /no/such/user-data",
                           ["cannot read the user data file /no/such/user-data", "--user-data"], 0),
 }  # fmt: skip

@@ -401,3 +401,17 @@ def test_every_name_in_core_all_exists_once() -> None:
 def caller(config: EcsConfig, **clock: Any) -> EcsClient:
     """An EcsClient whose retries wait on `clock`'s fake sleep and jitter instead of real time."""
     return EcsClient(config, call=ApiCaller(config, **clock))
+
+
+def test_an_api_refusal_names_the_values_given_and_the_region_but_never_user_data() -> None:
+    from pymlsql_magics.core._api_calls import _offending
+
+    given = {"RegionId": "cn-hangzhou", "ImageId": "nope-image-123", "UserData": "c2VjcmV0LXRva2Vu",
+             "InstanceType": "ecs.g7.large", "ZoneId": "cn-hangzhou-i"}  # fmt: skip
+    assert _offending("InvalidImageId.NotFound", given) == " (ImageId nope-image-123, region cn-hangzhou)"
+    assert _offending("OperationDenied.NoStock", given) == (
+        " (InstanceType ecs.g7.large, ZoneId cn-hangzhou-i, region cn-hangzhou)"
+    )
+    assert _offending("InvalidUserData.SizeExceeded", given) == " (region cn-hangzhou)"
+    assert _offending("MissingVSwitchId", given) == " (region cn-hangzhou)"  # not given: nothing to name
+    assert _offending("InvalidRegionId.NotFound", {"RegionId": "xx-1"}) == " (RegionId xx-1)"

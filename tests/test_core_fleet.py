@@ -795,6 +795,16 @@ def test_throttling_is_retried_until_it_succeeds(cleared: Sandbox, fhome: Path) 
     assert codes[-3:] == ["Throttling.User", "Throttling.User", "OK"]
 
 
+def test_a_refusal_of_the_place_names_the_type_zone_and_region_given(cleared: Sandbox, fhome: Path) -> None:
+    cleared.fault({"action": "RunInstances", "code": "OperationDenied.NoStock", "status": 400, "count": 1,
+                   "message": "The resource is out of stock in the specified zone."})  # fmt: skip
+    with Fleet(config_for(cleared, fhome)) as fleet, pytest.raises(EcsApiError) as caught:
+        fleet.start(image_id=DEBIAN, instance_type="ecs.g7.large", zone="cn-hangzhou-i")
+    first = str(caught.value).splitlines()[0]
+    assert "OperationDenied.NoStock" in first
+    assert "(InstanceType ecs.g7.large, ZoneId cn-hangzhou-i, region cn-hangzhou)" in first, first
+
+
 def test_server_errors_beyond_the_attempts_are_an_api_error_with_code_request_id_and_hint(
     cleared: Sandbox, fhome: Path
 ) -> None:

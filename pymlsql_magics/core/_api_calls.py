@@ -8,6 +8,7 @@ it: one endpoint setting, one credential chain, one retry policy.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import time
@@ -49,6 +50,19 @@ _HINTS = {
 }
 
 
+# Refusals about the place and the type, not one parameter: the values that made them.
+_ABOUT = {
+    "OperationDenied.NoStock": ("InstanceType", "ZoneId"),
+    "Zone.NotOnSale": ("ZoneId",),
+    "InvalidResourceType.NotSupported": ("InstanceType", "ZoneId"),
+    "InvalidInstanceType.ZoneNotSupported": ("InstanceType", "ZoneId"),
+    "InvalidSystemDiskCategory.ValueNotSupported": ("SystemDisk.Category", "InstanceType", "ZoneId"),
+}
+# Values an error never repeats: user data may hold secrets, the others are long and not typed.
+_NEVER_SHOWN = ("UserData", "PublicKeyBody", "Password")
+_NAMED_IN_CODE = re.compile(r"^(?:Invalid|Missing)([A-Z][A-Za-z]*?)(?:\.|$)")
+
+
 class ApiCaller:
     """Calls one SDK operation to its answer, retrying what retrying can fix."""
 
@@ -63,8 +77,14 @@ class ApiCaller:
         self._sleep = sleep
         self._jitter = jitter
 
-    def __call__(self, what: str, call: Callable[[], Any]) -> Any:
-        """The body of `call()`'s answer; retried while retrying can help, else an EcsApiError."""
+    def __call__(self, what: str, call: Callable[[], Any], *, request: Any = None) -> Any:
+        """The body of `call()`'s answer; retried while retrying can help, else an EcsApiError.
+
+        The error of a refused `request` (found in a `partial` when not given) names the values it
+        was refused for, and the region.
+        """
+        if request is None and isinstance(call, functools.partial) and call.args:
+            request = call.args[0]
         attempt = 1
         while True:
             try:
@@ -81,7 +101,8 @@ class ApiCaller:
                     attempt += 1
                     continue
                 raise _translate(
-                    what, error, attempts=attempt, retriable=retriable, endpoint=self.config.endpoint
+                    what, error, attempts=attempt, retriable=retriable, endpoint=self.config.endpoint,
+                    values=_request_values(request),
                 ) from None
 
     def _backoff(self, attempt: int) -> float:
@@ -123,8 +144,33 @@ def sdk_config(config: EcsConfig) -> Config:
     return Config(**options)
 
 
+def _request_values(request: Any) -> dict[str, Any]:
+    """A request's parameters by their API names, nested ones as `SystemDisk.Category`."""
+    if request is None or not hasattr(request, "to_map"):
+        return {}
+    flat: dict[str, Any] = {}
+    for name, value in request.to_map().items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{inner}": item for inner, item in value.items()})
+        else:
+            flat[name] = value
+    return flat
+
+
+def _offending(code: str, values: Mapping[str, Any]) -> str:
+    """` (ImageId nope-image-123, region cn-hangzhou)`: what the refusal was about, as the user gave it."""
+    named = _NAMED_IN_CODE.match(code)
+    names = _ABOUT.get(code) or ((named[1],) if named else ())
+    given = {name: str(values[name]) for name in names if values.get(name) not in (None, "")}
+    shown = [f"{name} {value}" for name, value in given.items() if name not in _NEVER_SHOWN and len(value) <= 128]
+    if values.get("RegionId") and "RegionId" not in names:
+        shown.append(f"region {values['RegionId']}")
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def _translate(
-    what: str, error: TeaException, *, attempts: int, retriable: bool, endpoint: str | None = None
+    what: str, error: TeaException, *, attempts: int, retriable: bool, endpoint: str | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> EcsApiError:
     data = error.data if isinstance(error.data, dict) else {}
     code = error.code or ""
@@ -134,7 +180,7 @@ def _translate(
         return _no_answer(what, _network_cause(error), attempts=attempts, endpoint=endpoint)
     # Some messages span lines (SignatureDoesNotMatch quotes the string to sign); errors are one line.
     shown = " ".join(str(message or error.message or "").split())
-    text = f"ECS could not {what}: {code}: {shown}"
+    text = f"ECS could not {what}: {code}: {shown}{_offending(code, values or {})}"
     if attempts > 1:
         text += f" (after {attempts} attempts)"
     if request_id:

@@ -66,7 +66,7 @@ class EcsClient:
             auto_release_time=_auto_release(spec.ttl) if spec.ttl else None,
             tag=[ecs.RunInstancesRequestTag(key=key, value=value) for key, value in tags.items()] or None,
         )
-        body = self._call("create instances", lambda: self._client.run_instances(request))
+        body = self._call("create instances", partial(self._client.run_instances, request))
         return list(body.instance_id_sets.instance_id_set)
 
     def describe(
@@ -116,7 +116,7 @@ class EcsClient:
 
     def console_output(self, instance_id: str) -> str:
         request = ecs.GetInstanceConsoleOutputRequest(region_id=self.region_id, instance_id=instance_id)
-        body = self._call("read the console", lambda: self._client.get_instance_console_output(request))
+        body = self._call("read the console", partial(self._client.get_instance_console_output, request))
         return base64.b64decode(body.console_output or "").decode(errors="replace")
 
     # -- network: security groups and where a type is offered -----------------------------
@@ -151,7 +151,7 @@ class EcsClient:
             tag=[ecs.CreateSecurityGroupRequestTag(key=k, value=v) for k, v in tags.items()],
             client_token=client_token,
         )
-        return str(self._call("create a security group", lambda: self._client.create_security_group(request))
+        return str(self._call("create a security group", partial(self._client.create_security_group, request))
                    .security_group_id)  # fmt: skip
 
     def authorize_tcp(self, group_id: str, port: int, source_cidr: str, description: str) -> None:
@@ -160,14 +160,14 @@ class EcsClient:
         )
         request = ecs.AuthorizeSecurityGroupRequest(region_id=self.region_id, security_group_id=group_id,
                                                     permissions=[rule])  # fmt: skip
-        self._call(f"open TCP {port} of {group_id}", lambda: self._client.authorize_security_group(request))
+        self._call(f"open TCP {port} of {group_id}", partial(self._client.authorize_security_group, request))
 
     def ingress_rules(self, group_id: str) -> list[IngressRule]:
         request = ecs.DescribeSecurityGroupAttributeRequest(
             region_id=self.region_id, security_group_id=group_id, direction="ingress"
         )
         body = self._call(f"read the rules of {group_id}",
-                          lambda: self._client.describe_security_group_attribute(request))  # fmt: skip
+                          partial(self._client.describe_security_group_attribute, request))  # fmt: skip
         items = body.permissions.permission if body.permissions else None
         return [
             IngressRule(item.ip_protocol or "", item.port_range or "", item.source_cidr_ip or "", item.policy or "")
@@ -177,7 +177,7 @@ class EcsClient:
 
     def delete_security_group(self, group_id: str) -> None:
         request = ecs.DeleteSecurityGroupRequest(region_id=self.region_id, security_group_id=group_id)
-        self._call(f"delete the security group {group_id}", lambda: self._client.delete_security_group(request))
+        self._call(f"delete the security group {group_id}", partial(self._client.delete_security_group, request))
 
     def zones_offering(self, instance_type: str) -> list[str]:
         """The zones of the region where `instance_type` can be created now, pay-as-you-go."""
@@ -186,7 +186,7 @@ class EcsClient:
             instance_charge_type="PostPaid",
         )  # fmt: skip
         body = self._call(f"find the zones offering {instance_type}",
-                          lambda: self._client.describe_available_resource(request))  # fmt: skip
+                          partial(self._client.describe_available_resource, request))  # fmt: skip
         zones = []
         for zone in (body.available_zones.available_zone if body.available_zones else None) or []:
             kinds = (zone.available_resources.available_resource if zone.available_resources else None) or []
@@ -205,16 +205,16 @@ class EcsClient:
     def create_key_pair(self, name: str) -> str:
         """Creates the key pair and returns its private key (ECS gives it out only once)."""
         request = ecs.CreateKeyPairRequest(region_id=self.region_id, key_pair_name=name)
-        return str(self._call("create the key pair", lambda: self._client.create_key_pair(request)).private_key_body)
+        return str(self._call("create the key pair", partial(self._client.create_key_pair, request)).private_key_body)
 
     def import_key_pair(self, name: str, public_key: str) -> None:
         request = ecs.ImportKeyPairRequest(region_id=self.region_id, key_pair_name=name, public_key_body=public_key)
-        self._call("import the key pair", lambda: self._client.import_key_pair(request))
+        self._call("import the key pair", partial(self._client.import_key_pair, request))
 
     def key_pair_public_key(self, name: str) -> str | None:
         """The public key ECS holds for `name`, or None if there is no such key pair."""
         request = ecs.DescribeKeyPairsRequest(region_id=self.region_id, key_pair_name=name, include_public_key=True)
-        body = self._call("describe key pairs", lambda: self._client.describe_key_pairs(request))
+        body = self._call("describe key pairs", partial(self._client.describe_key_pairs, request))
         for pair in body.key_pairs.key_pair or []:
             if pair.key_pair_name == name:
                 return str(pair.public_key or "")

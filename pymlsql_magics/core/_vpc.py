@@ -54,11 +54,11 @@ class VpcClient:
             tag=[vpc.CreateVpcRequestTag(key=k, value=v) for k, v in tags.items()],
             client_token=client_token,
         )
-        return str(self._call("create a VPC", lambda: self._client.create_vpc(request)).vpc_id)
+        return str(self._call("create a VPC", partial(self._client.create_vpc, request)).vpc_id)
 
     def delete_vpc(self, vpc_id: str) -> None:
         request = vpc.DeleteVpcRequest(region_id=self.region_id, vpc_id=vpc_id)
-        self._call(f"delete the VPC {vpc_id}", lambda: self._client.delete_vpc(request))
+        self._call(f"delete the VPC {vpc_id}", partial(self._client.delete_vpc, request))
 
     def vswitches(
         self, *, vpc_id: str | None = None, vswitch_id: str | None = None, tags: Mapping[str, str] | None = None
@@ -93,12 +93,12 @@ class VpcClient:
             tag=[vpc.CreateVSwitchRequestTag(key=k, value=v) for k, v in tags.items()],
             client_token=client_token,
         )
-        body = self._call(f"create a vSwitch in {zone_id}", lambda: self._client.create_vswitch(request))
+        body = self._call(f"create a vSwitch in {zone_id}", partial(self._client.create_vswitch, request))
         return str(body.v_switch_id)
 
     def delete_vswitch(self, vswitch_id: str) -> None:
         request = vpc.DeleteVSwitchRequest(region_id=self.region_id, v_switch_id=vswitch_id)
-        self._call(f"delete the vSwitch {vswitch_id}", lambda: self._client.delete_vswitch(request))
+        self._call(f"delete the vSwitch {vswitch_id}", partial(self._client.delete_vswitch, request))
 
 
 def _tags(item: object) -> Mapping[str, str]:
