@@ -39,7 +39,7 @@ from .core import (
 from .sandbox import SandboxError
 
 _FACE = Face(list="pymlsql list", reuse="pymlsql start --instance-id {instance_id}", user_flag="--execute-user",
-             networks="pymlsql network list")  # fmt: skip
+             networks="pymlsql network list", release="pymlsql stop --instance-id {instance_ids}")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

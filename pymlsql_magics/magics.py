@@ -50,7 +50,7 @@ from .sandbox import SandboxError, default_state_dir
 from .widgets import CopyView, ExecView, StartView, has_widget_frontend
 
 _FACE = Face(list="%ecs_list", reuse="%ecs_start --instance-id {instance_id}", user_flag="--user",
-             networks="%ecs_network list")  # fmt: skip
+             networks="%ecs_network list", release="%ecs_stop {instance_ids}")  # fmt: skip
 _REMOTE = re.compile(r"^(?P<target>[A-Za-z_][\w.\-]*|i-[\w]+):(?P<path>.*)$")
 
 

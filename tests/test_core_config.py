@@ -251,6 +251,53 @@ def test_server_errors_are_retried_with_growing_backoff_then_raised(recorder: tu
     assert "after 4 attempts" in str(caught.value) and caught.value.hint
 
 
+class FakeClock:
+    """A monotonic clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_call_still_processing_is_asked_again_every_second_until_its_answer(
+    recorder: tuple[str, type[Recorder]],
+) -> None:
+    endpoint, handler = recorder
+    empty = {"RequestId": "OK-1", "Instances": {"Instance": []}, "TotalCount": 0}
+    handler.answers = [(403, ecs_error("IdempotentProcessing")) for _ in range(7)] + [(200, empty)]
+    clock = FakeClock()
+    client = caller(secret_config(endpoint=endpoint, api_attempts=2), sleep=clock.sleep, clock=clock)
+
+    assert client.describe() == []
+
+    # Not bounded by api_attempts: the first call's answer is what ends the wait.
+    assert clock.sleeps == [1.0] * 7 and len(handler.seen) == 8
+
+
+def test_a_release_refused_while_initializing_is_waited_out_for_two_minutes_then_named(
+    recorder: tuple[str, type[Recorder]],
+) -> None:
+    endpoint, handler = recorder
+    handler.answers = [(403, ecs_error("IncorrectInstanceStatus.Initializing", "initializing"))]
+    clock = FakeClock()
+    client = caller(secret_config(endpoint=endpoint), sleep=clock.sleep, clock=clock)
+
+    with pytest.raises(EcsApiError) as caught:
+        client.delete(["i-first", "i-second"])
+
+    assert sum(clock.sleeps) == pytest.approx(120.0) and set(clock.sleeps) == {1.0}
+    assert caught.value.code == "IncorrectInstanceStatus.Initializing"
+    assert "(InstanceId i-first, i-second, region cn-hangzhou)" in str(caught.value)
+    assert "finished initializing" in (caught.value.hint or "")
+
+
 def test_jitter_spreads_each_backoff_below_its_cap(recorder: tuple[str, type[Recorder]]) -> None:
     endpoint, handler = recorder
     empty = {"RequestId": "OK-1", "Instances": {"Instance": []}, "TotalCount": 0}

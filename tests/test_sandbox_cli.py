@@ -234,5 +234,6 @@ def test_help_documents_every_sandbox_command():
         assert command in text
     fault_help = pymlsql("sandbox", "fault", "--help").stdout
     for flag in ("--action", "--code", "--status", "--count", "--ssh-delay", "--stuck", "--kill-ssh",
-                 "--rotate-host-key", "--clear", "--state-dir"):  # fmt: skip
+                 "--rotate-host-key", "--clear", "--state-dir", "--initializing", "--idempotent-processing",
+                 "--describe-lag", "--console-lag"):  # fmt: skip
         assert flag in fault_help

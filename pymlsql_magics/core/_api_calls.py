@@ -29,6 +29,11 @@ _UNREACHABLE = ("Connection refused", "Failed to resolve", "Name or service not 
 _UNREACHABLE_ATTEMPTS = 2
 _RETRIED_CODES = ("Throttling", "ServiceUnavailable", "InternalError", "Throttling.User", "Throttling.Api",
                   "Throttling.Resource", "OperationConflict", "LastTokenProcessing")  # fmt: skip
+# "Your identical earlier call is still being carried out": asked again with the same request (and
+# so the same ClientToken) until its answer comes, for as long as a create may take.
+_PROCESSING_CODES = ("IdempotentProcessing", "OperationFailed.IdempotentTokenProcessing", "TOKEN_PROCESSING")
+PROCESSING_PATIENCE = 120.0
+_PROCESSING_INTERVAL = 1.0
 _HINTS = {
     "InvalidAccessKeyId.NotFound": "Check ALIBABA_CLOUD_ACCESS_KEY_ID (or AK): that AccessKey does not exist.",
     "SignatureDoesNotMatch": "Check ALIBABA_CLOUD_ACCESS_KEY_SECRET (or AKS): it does not belong to that AccessKey.",
@@ -43,6 +48,10 @@ _HINTS = {
     "InvalidRegionId.NotFound": "Pick a region ECS offers: --region (or ALIBABA_CLOUD_REGION_ID), e.g. cn-hangzhou.",
     "InvalidTagKey.Malformed": "Tag keys must not start with aliyun or acs: nor contain http://; rename the --tag.",
     "OperationDenied.NoStock": "Pick another zone or instance type.",
+    "IdempotentProcessing": "ECS is still carrying out the first call with this ClientToken; list the instances "
+    "in a minute and release any this call made.",
+    "IncorrectInstanceStatus.Initializing": "ECS releases an instance only once it has finished initializing; "
+    "release it again in a minute.",
     "IncorrectInstanceStatus": "Wait until the instance is Running or Stopped, then try again.",
     "InvalidUserData.SizeExceeded": "Keep user data under 16 KB; copy larger files after start instead.",
     "Forbidden.RAM": "Grant this RAM user the ECS permission it needs.",
@@ -57,6 +66,8 @@ _ABOUT = {
     "InvalidResourceType.NotSupported": ("InstanceType", "ZoneId"),
     "InvalidInstanceType.ZoneNotSupported": ("InstanceType", "ZoneId"),
     "InvalidSystemDiskCategory.ValueNotSupported": ("SystemDisk.Category", "InstanceType", "ZoneId"),
+    "IncorrectInstanceStatus.Initializing": ("InstanceId",),
+    "IdempotentProcessing": ("ClientToken",),
 }
 # Values an error never repeats: user data may hold secrets, the others are long and not typed.
 _NEVER_SHOWN = ("UserData", "PublicKeyBody", "Password")
@@ -72,25 +83,37 @@ class ApiCaller:
         *,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self._sleep = sleep
         self._jitter = jitter
+        self._clock = clock
 
-    def __call__(self, what: str, call: Callable[[], Any], *, request: Any = None) -> Any:
+    def __call__(self, what: str, call: Callable[[], Any], *, request: Any = None,
+                 wait_out: tuple[str, ...] = ()) -> Any:  # fmt: skip
         """The body of `call()`'s answer; retried while retrying can help, else an EcsApiError.
 
-        The error of a refused `request` (found in a `partial` when not given) names the values it
-        was refused for, and the region.
+        Codes in `wait_out`, like those saying an identical call is still being carried out, are
+        asked again every second for up to two minutes before they count as the answer. The error
+        of a refused `request` (found in a `partial` when not given) names the values it was refused
+        for, and the region.
         """
         if request is None and isinstance(call, functools.partial) and call.args:
             request = call.args[0]
         attempt = 1
+        processing_until: float | None = None
         while True:
             try:
                 return call().body
             except TeaException as error:
                 code = error.code or ""
+                if code in _PROCESSING_CODES or code in wait_out:
+                    now = self._clock()
+                    processing_until = processing_until or now + PROCESSING_PATIENCE
+                    if now < processing_until:
+                        self._sleep(_PROCESSING_INTERVAL)
+                        continue
                 status = int(getattr(error, "status_code", 0) or (error.data or {}).get("statusCode") or 0)
                 retriable = not code or code in _RETRIED_CODES or code.startswith("Throttling") or status >= 500
                 attempts = self.config.api_attempts
@@ -161,11 +184,15 @@ def _offending(code: str, values: Mapping[str, Any]) -> str:
     """` (ImageId nope-image-123, region cn-hangzhou)`: what the refusal was about, as the user gave it."""
     named = _NAMED_IN_CODE.match(code)
     names = _ABOUT.get(code) or ((named[1],) if named else ())
-    given = {name: str(values[name]) for name in names if values.get(name) not in (None, "")}
+    given = {name: _shown(values[name]) for name in names if values.get(name) not in (None, "", [])}
     shown = [f"{name} {value}" for name, value in given.items() if name not in _NEVER_SHOWN and len(value) <= 128]
     if values.get("RegionId") and "RegionId" not in names:
         shown.append(f"region {values['RegionId']}")
     return f" ({', '.join(shown)})" if shown else ""
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _translate(

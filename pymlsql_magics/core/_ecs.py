@@ -112,7 +112,9 @@ class EcsClient:
     def delete(self, instance_ids: Sequence[str], *, force: bool = True) -> None:
         for batch in _batches(instance_ids):
             request = ecs.DeleteInstancesRequest(region_id=self.region_id, instance_id=list(batch), force=force)
-            self._call("release instances", partial(self._client.delete_instances, request))
+            # Right after RunInstances ECS refuses to release for a while: wait it out, don't leak.
+            self._call("release instances", partial(self._client.delete_instances, request),
+                       wait_out=("IncorrectInstanceStatus.Initializing",))  # fmt: skip
 
     def console_output(self, instance_id: str) -> str:
         request = ecs.GetInstanceConsoleOutputRequest(region_id=self.region_id, instance_id=instance_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -14,9 +15,14 @@ class Face:
     reuse: str = "Fleet.start(instance_ids=['{instance_id}'])"
     user_flag: str = "user="
     networks: str = "Fleet.networks()"
+    # How to release instances by id; {instance_ids} is filled in, separated by spaces.
+    release: str = "Fleet.stop(Fleet.get('{instance_ids}'.split()))"
 
     def reuse_hint(self, instance_id: str) -> str:
         return self.reuse.format(instance_id=instance_id)
+
+    def release_hint(self, instance_ids: Sequence[str]) -> str:
+        return self.release.format(instance_ids=" ".join(instance_ids))
 
     def unreachable_hint(self, then: str = "try again") -> str:
         return f"The instance may be down, busy or unreachable: check it with {self.list}, then {then}."

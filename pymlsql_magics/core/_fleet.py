@@ -371,14 +371,14 @@ class Fleet:
                 raise WaitTimeoutError(f"instances did not reach {status or 'released'} in time")
             time.sleep(0.5)
 
-    def release_quietly(self, ids: list[str]) -> bool:
+    def release_quietly(self, ids: list[str]) -> PymlsqlError | None:
+        """Releases the instances; what went wrong, if anything, is returned rather than raised."""
         try:
             self.ecs.delete(ids, force=True)
             self.known_hosts.forget(ids)
-            return True
+            return None
         except PymlsqlError as error:
-            self.progress(f"could not release {', '.join(ids)}: {error}")
-            return False
+            return error
 
     # -- plumbing --------------------------------------------------------------------------
 

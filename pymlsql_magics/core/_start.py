@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import ConfigError, HostKeyMismatchError, InstanceStateError, PymlsqlError, SshError, WaitTimeoutError
 from ._host_key_sources import host_keys_in_cloud_config
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 NAME_TAG = "pymlsql:name"
 _MAX_PER_CALL = 100
+_LISTING_PATIENCE = 60.0  # seconds a created id may be missing from DescribeInstances
 Watch = Callable[[list[Instance], set[str]], None]
+Result = TypeVar("Result")
 
 
 def _no_watch(instances: list[Instance], ssh_ready: set[str]) -> None:
@@ -126,9 +128,18 @@ class Start:
         created, self.created = self.created, []
         if not created:
             return
-        self.fleet.progress(f"releasing the {len(created)} instance(s) this start created")
-        if self.fleet.release_quietly(created) and isinstance(error, PymlsqlError):
-            error.add_outcome(f"released the {len(created)} instance(s) this start created")
+        fleet = self.fleet
+        fleet.progress(f"releasing the {len(created)} instance(s) this start created")
+        # Carried to its end through a second Ctrl-C: an interrupted release is a leak.
+        failure, _ = _to_completion(lambda: fleet.release_quietly(created))
+        if failure is None:
+            outcome = f"released the {len(created)} instance(s) this start created"
+        else:
+            outcome = (f"could not release {', '.join(created)} ({str(failure).splitlines()[0]}); "
+                       f"release them with: {fleet.face.release_hint(created)}")  # fmt: skip
+            fleet.progress(outcome)
+        if isinstance(error, PymlsqlError):
+            error.add_outcome(outcome)
 
     def _create(self, amount: int) -> None:
         spec, ecs = self.spec, self.fleet.ecs
@@ -156,6 +167,8 @@ class Start:
 
     def _wait_running(self, ids: list[str]) -> list[Instance]:
         deadline = time.monotonic() + self.timeout
+        # ECS may list a new instance only a while after RunInstances answered with its id.
+        unlisted_until = time.monotonic() + _LISTING_PATIENCE
         interval = 0.5
         last = ""
         while True:
@@ -163,17 +176,20 @@ class Start:
             counts: dict[str, int] = {}
             for instance in instances:
                 counts[instance.status] = counts.get(instance.status, 0) + 1
+            gone = set(ids) - {instance.instance_id for instance in instances}
+            not_yet = gone & set(self.created) if time.monotonic() < unlisted_until else set()
+            if gone - not_yet:
+                raise PymlsqlError(f"instance(s) {', '.join(sorted(gone - not_yet))} disappeared while starting")
+            if not_yet:
+                counts["not listed by ECS yet"] = len(not_yet)
             summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
             if summary != last:
                 self.fleet.progress(summary)
                 self.watch(instances, set())
                 last = summary
-            if len(instances) == len(ids) and all(i.status == "Running" for i in instances):
+            if not gone and all(i.status == "Running" for i in instances):
                 order = {instance_id: index for index, instance_id in enumerate(ids)}
                 return sorted(instances, key=lambda i: order[i.instance_id])
-            gone = set(ids) - {instance.instance_id for instance in instances}
-            if gone:
-                raise PymlsqlError(f"instance(s) {', '.join(sorted(gone))} disappeared while starting")
             if time.monotonic() > deadline:
                 raise self._late(instances)
             # Capped at 1 s: every poll is one call for all the instances, and SSH is tried as
@@ -204,9 +220,10 @@ class Start:
         fleet.progress(f"waiting for SSH on {len(instances)} instance(s)")
         ready_ids: set[str] = set()
         ready_lock = threading.Lock()
+        interrupted = threading.Event()  # set by `parallel` on Ctrl-C: every probe loop ends
 
         def ready(instance: Instance) -> None:
-            while True:
+            while not interrupted.is_set():
                 try:
                     connection = fleet.connection(instance, key_path, public=public, probing=True)
                     status, _ = connection.command("true")
@@ -227,9 +244,9 @@ class Start:
                         ) from None
                 # A refused connect costs next to nothing, and the start returns as soon as the
                 # last instance answers.
-                time.sleep(0.1)
+                interrupted.wait(0.1)
 
-        fleet.parallel(instances, ready, raise_first=True)
+        fleet.parallel(instances, ready, raise_first=True, cancel=interrupted)
 
     def _check_startable(self, instances: Sequence[Instance]) -> None:
         """A Stopping instance can neither be started nor become Running: refuse it rather than wait."""
@@ -242,9 +259,9 @@ class Start:
             )
 
 
-def _to_completion(call: Callable[[], list[str]]) -> tuple[list[str], bool]:
-    """Runs a call that creates instances to its end even if Ctrl-C comes meanwhile, so their ids
-    are known and can be released; returns (its result, whether it was interrupted)."""
+def _to_completion(call: Callable[[], Result]) -> tuple[Result, bool]:
+    """Runs a call that creates or releases instances to its end even if Ctrl-C comes meanwhile,
+    so their ids are known and can be released; returns (its result, whether it was interrupted)."""
     outcome: dict[str, Any] = {}
     done = threading.Event()
 
@@ -257,7 +274,7 @@ def _to_completion(call: Callable[[], list[str]]) -> tuple[list[str], bool]:
             done.set()
 
     # An Event, not Thread.join: a join interrupted by Ctrl-C can report a live thread as ended.
-    threading.Thread(target=run, name="pymlsql-create", daemon=True).start()
+    threading.Thread(target=run, name="pymlsql-to-completion", daemon=True).start()
     interrupted = False
     while not done.is_set():
         try:
@@ -266,5 +283,5 @@ def _to_completion(call: Callable[[], list[str]]) -> tuple[list[str], bool]:
             interrupted = True
     if "error" in outcome:
         raise outcome["error"]
-    value: list[str] = outcome["value"]
+    value: Result = outcome["value"]
     return value, interrupted

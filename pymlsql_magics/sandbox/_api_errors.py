@@ -41,6 +41,8 @@ _KNOWN: dict[str, tuple[int, str]] = {
         400,
         "The request uses the same client token as a previous, but non-identical request.",
     ),
+    "IdempotentProcessing": (403, "The previous idempotent request(s) is still processing."),
+    "IncorrectInstanceStatus.Initializing": (403, "The specified instance is in initializing status."),
     "InvalidAutoReleaseTime.Malformed": (400, "The specified AutoReleaseTime is not valid."),
     "AllocatedAlready": (403, "The instance already has a public IP address."),
     "AllocateIpInvalidInstanceBandwidth": (400, "The instance has no outbound internet bandwidth."),

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from . import _background
 from ._errors import SandboxControlError, SandboxError
-from ._faults import STUCK_STATUSES, FaultOrder
+from ._faults import QUIRKS, STUCK_STATUSES, FaultOrder
 from ._hosts import find_sshd, full_fidelity, inside_command, machine_pid
 from ._model import Timings
 from ._sandbox import DEFAULT_REGION, Sandbox, SandboxWarning
@@ -83,6 +83,15 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser]) -> None:
     fault.add_argument("--freeze", metavar="INSTANCE_ID",
                        help="stop all its processes: it answers nothing, like a hung machine")  # fmt: skip
     fault.add_argument("--thaw", metavar="INSTANCE_ID", help="let a frozen instance run again")
+    for flag, meaning in (
+        ("--initializing", "DeleteInstance(s) of an instance younger than this answers "
+                           "IncorrectInstanceStatus.Initializing"),
+        ("--idempotent-processing", "a RunInstances replayed with the same ClientToken within this of the "
+                                    "first answers IdempotentProcessing"),
+        ("--describe-lag", "new instances appear in DescribeInstances only this long after their creation"),
+        ("--console-lag", "GetInstanceConsoleOutput is empty until this long after an instance first ran"),
+    ):  # fmt: skip
+        fault.add_argument(flag, type=_seconds, metavar="SECONDS", help=f"{meaning} (0 undoes it)")
     fault.add_argument("--clear", action="store_true", help="remove every pending fault")
 
     inside = commands.add_parser(
@@ -135,6 +144,16 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help="model this machine's own link to public addresses, in Mbit/s, shared by all its "
              "connections (for example 20/100; default: not limited)",
     )  # fmt: skip
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return seconds
 
 
 def _client_link(text: str) -> tuple[float, float]:
@@ -270,6 +289,7 @@ def _fault(info: SandboxInfo, args: argparse.Namespace) -> int:
         rotate_host_key=args.rotate_host_key or None,
         freeze=args.freeze or None,
         thaw=args.thaw or None,
+        **{name: getattr(args, name) for name in QUIRKS},
     )
     if order.empty:
         raise SandboxControlError("no fault given.", hint="see `pymlsql sandbox fault --help` for the options.")

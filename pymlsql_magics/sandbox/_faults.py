@@ -15,6 +15,22 @@ if TYPE_CHECKING:
     from ._model import World
 
 STUCK_STATUSES = ("Pending", "Starting", "Stopping")
+# The cloud's rough edges, each a number of seconds (0: off), as FaultOrder and Quirks spell them.
+QUIRKS = ("initializing", "idempotent_processing", "describe_lag", "console_lag")
+
+
+@dataclass
+class Quirks:
+    """How ECS behaves right after a create; every field is seconds, 0 for "not at all"."""
+
+    # DeleteInstance(s) of an instance younger than this answers IncorrectInstanceStatus.Initializing.
+    initializing: float = 0.0
+    # A RunInstances replayed with the same ClientToken within this of the first answers IdempotentProcessing.
+    idempotent_processing: float = 0.0
+    # A new instance appears in DescribeInstances only this long after its creation.
+    describe_lag: float = 0.0
+    # GetInstanceConsoleOutput stays empty until this long after an instance first ran.
+    console_lag: float = 0.0
 
 
 @dataclass
@@ -50,10 +66,21 @@ class FaultOrder:
     rotate_host_key: str | None = None
     freeze: str | None = None
     thaw: str | None = None
+    initializing: float | None = None  # seconds; see Quirks, 0 undoes it
+    idempotent_processing: float | None = None
+    describe_lag: float | None = None
+    console_lag: float | None = None
 
     def __post_init__(self) -> None:
         if self.stuck is not None and self.stuck not in (*STUCK_STATUSES, ""):
             raise ValueError("stuck must be Pending, Starting or Stopping")
+        for name, seconds in self.quirks().items():
+            if seconds < 0:
+                raise ValueError(f"{name} must be 0 or more seconds, got {seconds:g}")
+
+    def quirks(self) -> dict[str, float]:
+        """The quirks this order sets, by name."""
+        return {name: getattr(self, name) for name in QUIRKS if getattr(self, name) is not None}
 
     @property
     def empty(self) -> bool:
@@ -63,6 +90,7 @@ class FaultOrder:
             or self.action
             or self.ssh_delay is not None
             or self.stuck is not None
+            or bool(self.quirks())
             or any(instance_id for _, instance_id in self.instance_faults())
         )
 
@@ -97,6 +125,7 @@ class FaultOrder:
             rotate_host_key=text("rotate_host_key"),
             freeze=text("freeze"),
             thaw=text("thaw"),
+            **{name: float(data[name]) for name in QUIRKS if data.get(name) is not None},
         )
 
     def instance_faults(self) -> list[tuple[str, str | None]]:
@@ -116,6 +145,7 @@ def apply(world: World, order: FaultOrder) -> None:
             world.faults.clear()
             world.ssh_delay = 0.0
             world.stuck = None
+            world.quirks = Quirks()
     if order.action:
         fault = Fault(order.code, order.status, order.count, order.message, order.lose_response)
         with world.lock:
@@ -126,6 +156,9 @@ def apply(world: World, order: FaultOrder) -> None:
     if order.stuck is not None:
         with world.lock:
             world.stuck = order.stuck or None
+    with world.lock:
+        for name, seconds in order.quirks().items():
+            setattr(world.quirks, name, seconds)
     for kind, instance_id in order.instance_faults():
         if not instance_id:
             continue

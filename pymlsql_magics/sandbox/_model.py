@@ -23,7 +23,7 @@ from typing import Any
 
 from ._blocks import Blocks
 from ._catalog import IMAGES
-from ._faults import Fault
+from ._faults import Fault, Quirks
 from ._hosts import BootSpec, Hosts
 from ._relay import Gate
 from ._sts import RoleCredentialStore
@@ -253,12 +253,14 @@ class World(Gate):
         self.public_ips: set[str] = set()
         self.eips: dict[str, Eip] = {}
         self.invocations: dict[str, Invocation] = {}
-        self.client_tokens: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any]]] = {}
+        # (action, ClientToken) -> (the request without its token, the answer, when it was first made)
+        self.client_tokens: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any], float]] = {}
         self.faults: dict[str, list[Fault]] = {}
         self.nonces: dict[str, float] = {}
         self.role_credentials = RoleCredentialStore()
         self.ssh_delay = 0.0
         self.stuck: str | None = None
+        self.quirks = Quirks()
         self.requests: list[dict[str, Any]] = []
         self.released: dict[str, dict[str, float]] = {}
         self.scheduler = Scheduler()
@@ -455,6 +457,7 @@ class World(Gate):
                     self._schedule(current, self.timings.starting, "Starting", "Running")
                 elif following == "Running":
                     current.start_time = time.time()
+                    current.events.setdefault("first_running_at", current.start_time)
                     operation_now = current.operation
                 else:
                     return

@@ -227,7 +227,7 @@ def RunInstances(ctx: Context, params: Params) -> dict[str, Any]:
             ids.append(instance.instance_id)
         return {"InstanceIdSets": {"InstanceIdSet": ids}}
 
-    return idempotent(ctx, "RunInstances", params, create)
+    return idempotent(ctx, "RunInstances", params, create, processing=ctx.world.quirks.idempotent_processing)
 
 
 @action
@@ -240,7 +240,7 @@ def CreateInstance(ctx: Context, params: Params) -> dict[str, Any]:
         ctx.world.add(instance, start=False)
         return {"InstanceId": instance.instance_id}
 
-    return idempotent(ctx, "CreateInstance", params, create)
+    return idempotent(ctx, "CreateInstance", params, create, processing=ctx.world.quirks.idempotent_processing)
 
 
 @action
@@ -324,7 +324,9 @@ for _verb, _needed, _operate in _OPERATIONS:
     action(partial(_batch, needed=_needed, operate=_operate), name=f"{_verb}Instances")
 
 
-def _deletable(instance: Instance, force: bool) -> None:
+def _deletable(ctx: Context, instance: Instance, force: bool) -> None:
+    if time.time() - instance.creation_time < ctx.world.quirks.initializing:
+        raise ApiError("IncorrectInstanceStatus.Initializing")
     if not force and instance.status != "Stopped":
         raise ApiError(
             "IncorrectInstanceStatus",
@@ -339,7 +341,7 @@ def _deletable(instance: Instance, force: bool) -> None:
 def DeleteInstance(ctx: Context, params: Params) -> dict[str, Any]:
     instance = instance_of(ctx, params.text("InstanceId"))
     force = params.flag("Force")
-    _deletable(instance, force)
+    _deletable(ctx, instance, force)
     ctx.world.release(instance)
     return {}
 
@@ -353,7 +355,7 @@ def DeleteInstances(ctx: Context, params: Params) -> dict[str, Any]:
     force = params.flag("Force")
     instances = [instance_of(ctx, instance_id) for instance_id in ids]
     for instance in instances:
-        _deletable(instance, force)
+        _deletable(ctx, instance, force)
     for instance in instances:
         ctx.world.release(instance)
     return {}
@@ -452,10 +454,13 @@ def DescribeInstances(ctx: Context, params: Params) -> dict[str, Any]:
     }
     group = params.text("SecurityGroupId")
     tags = params.tags()
+    # A new instance shows up only after the describe lag, as ECS's listing can trail its creation.
+    listed_since = time.time() - ctx.world.quirks.describe_lag
     found = [
         instance
         for instance in ctx.world.instances.values()
         if instance.region_id == region
+        and instance.creation_time <= listed_since
         and (ids is None or instance.instance_id in ids)
         and (private is None or instance.private_ip in private)
         and (public is None or instance.public_ip in public)
@@ -502,7 +507,10 @@ def DescribeInstanceStatus(ctx: Context, params: Params) -> dict[str, Any]:
 def GetInstanceConsoleOutput(ctx: Context, params: Params) -> dict[str, Any]:
     region_of(params)
     instance = instance_of(ctx, params.text("InstanceId"))
-    output = ctx.world.hosts.console(instance.instance_id)
+    first_ran = instance.events.get("first_running_at")
+    # ECS fills the console output some time after the first boot: empty until then.
+    late = first_ran is None or time.time() - first_ran < ctx.world.quirks.console_lag
+    output = b"" if late else ctx.world.hosts.console(instance.instance_id)
     updated = datetime.fromtimestamp(time.time() + 8 * 3600, timezone.utc)
     return {
         "InstanceId": instance.instance_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -109,8 +110,13 @@ def vpc_tags_out(tags: dict[str, str]) -> dict[str, Any]:
     return {"Tag": [{"Key": key, "Value": value} for key, value in tags.items()]}
 
 
-def idempotent(ctx: Context, name: str, params: Params, create: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Runs `create` once per ClientToken: a retried request gets the first answer again."""
+def idempotent(ctx: Context, name: str, params: Params, create: Callable[[], dict[str, Any]], *,
+               processing: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    """Runs `create` once per ClientToken: a retried request gets the first answer again.
+
+    Within `processing` seconds of the first call, a replay answers IdempotentProcessing instead, as
+    ECS does while the first call is still being carried out.
+    """
     token = params.text("ClientToken")
     if token is None:
         return create()
@@ -119,9 +125,12 @@ def idempotent(ctx: Context, name: str, params: Params, create: Callable[[], dic
     request = {key: value for key, value in params.values.items() if key != "ClientToken"}
     remembered = ctx.world.client_tokens.get((name, token))
     if remembered is not None:
-        if remembered[0] != request:
+        first_request, answer, made_at = remembered
+        if first_request != request:
             raise ApiError("IdempotentParameterMismatch")
-        return remembered[1]
+        if time.time() - made_at < processing:
+            raise ApiError("IdempotentProcessing")
+        return answer
     answer = create()
-    ctx.world.client_tokens[(name, token)] = (request, answer)
+    ctx.world.client_tokens[(name, token)] = (request, answer, time.time())
     return answer

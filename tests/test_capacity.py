@@ -1,0 +1,303 @@
+"""The cloud's rough edges right after a create, through the CLI, the magics and the core, against
+the sandbox's faults: releases refused while instances initialize, replays still being processed,
+listings that trail creation, consoles filled late, and Ctrl-C at every step of a start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pymlsql_magics import cli
+from pymlsql_magics.core import EcsConfig, Fleet, PymlsqlError, _api_calls
+from pymlsql_magics.sandbox import Sandbox
+
+from .conftest import FAST
+from .helpers import PYMLSQL, environment, hinted_error, magics_shell, new_client, pymlsql, unique, wait_for
+
+DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path_factory.mktemp("capacity"), timings=FAST).start() as running:
+        yield running
+        left = running.status()["instances"]
+        assert not left, f"instances left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("capacity-home")
+    (folder / ".ssh").mkdir(mode=0o700)
+    return folder
+
+
+@pytest.fixture
+def env(cleared: Sandbox, home: Path) -> dict[str, str]:
+    return environment(cleared, home)
+
+
+def codes(sandbox: Sandbox, action: str, since: int) -> list[str]:
+    return [r["code"] for r in sandbox.log()["requests"][since:] if r["action"] == action]
+
+
+def ids_named(sandbox: Sandbox, name: str) -> list[str]:
+    assert sandbox.world is not None
+    with sandbox.world.lock:
+        return [i.instance_id for i in sandbox.world.instances.values() if i.name == name]
+
+
+def started_ids(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line.split(":", 1)[1] for line in done.stdout.splitlines() if line.startswith("instance_id:")]
+
+
+def start_flags(name: str, *more: str) -> list[str]:
+    return ["start", "--image-id", DEBIAN, "--name", name, "--key-pair-name", name, "--init-ssh-key", "true", *more]
+
+
+# -- releases refused while instances initialize -----------------------------------------------
+
+
+def test_a_start_failing_at_ssh_waits_out_initializing_and_leaves_nothing(
+    cleared: Sandbox, env: dict[str, str]
+) -> None:
+    cleared.fault({"initializing": 8, "ssh_delay": 120})
+    mark = len(cleared.log()["requests"])
+    name = unique("initializing")
+
+    done = pymlsql(env, *start_flags(name, "--count", "2", "--start-timeout", "3"))
+
+    first, _ = hinted_error(done)
+    assert "SSH" in first and "released the 2 instance(s) this start created" in first, first
+    seen = codes(cleared, "DeleteInstances", mark)
+    assert seen[0] == "IncorrectInstanceStatus.Initializing" and seen[-1] == "OK", seen
+    assert ids_named(cleared, name) == []
+
+
+def test_a_release_still_refused_names_what_is_left_and_the_command_that_releases_it(
+    cleared: Sandbox, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_api_calls, "PROCESSING_PATIENCE", 2.0)  # ECS's patience is minutes, not seconds
+    cleared.fault({"initializing": 600, "ssh_delay": 120})
+    name = unique("left")
+    config = EcsConfig.from_env(cleared.environment(), known_hosts=str(home / "known_hosts"),
+                                key_dir=str(home / ".ssh"))  # fmt: skip
+    with Fleet(config) as fleet:
+        with pytest.raises(PymlsqlError) as caught:
+            fleet.start(image_id=DEBIAN, name=name, count=2, key_pair_name=name, init_ssh_key=True, start_timeout=2)
+    left = sorted(ids_named(cleared, name))
+    text = str(caught.value)
+    assert len(left) == 2 and all(instance_id in text for instance_id in left), text
+    assert "could not release" in text and "IncorrectInstanceStatus.Initializing" in text
+    hint = text.split("release them with: ", 1)[1]
+    assert hint.startswith("Fleet.stop(Fleet.get('") and sorted(hint.split("'")[1].split()) == left, hint
+
+    # What the command line would have said, run as said once ECS lets go.
+    cleared.fault({"initializing": 0})
+    command = cli._FACE.release_hint(left)
+    assert command == f"pymlsql stop --instance-id {left[0]} {left[1]}"
+    done = pymlsql(environment(cleared, home), *command.split()[1:])
+    assert done.returncode == 0, done.stderr
+    assert ids_named(cleared, name) == []
+
+
+# -- a lost answer replayed while ECS still processes the first call -----------------------------
+
+
+def test_a_lost_run_instances_answer_replayed_while_processing_yields_exactly_the_instances_asked_for(
+    cleared: Sandbox, env: dict[str, str]
+) -> None:
+    cleared.fault({"action": "RunInstances", "lose_response": True, "count": 1})
+    cleared.fault({"idempotent_processing": 2})
+    mark = len(cleared.log()["requests"])
+    name = unique("processing")
+
+    done = pymlsql(env, *start_flags(name, "--count", "2"))
+
+    assert done.returncode == 0, done.stderr
+    seen = codes(cleared, "RunInstances", mark)
+    assert seen[0] == "OK, answer dropped" and "IdempotentProcessing" in seen and seen[-1] == "OK", seen
+    assert sorted(ids_named(cleared, name)) == sorted(started_ids(done)) and len(started_ids(done)) == 2
+    assert pymlsql(env, "stop", "--name", name).returncode == 0
+    assert ids_named(cleared, name) == []
+
+
+# -- listings and consoles that trail the create -------------------------------------------------
+
+
+def test_instances_listed_late_are_waited_for_not_called_disappeared(cleared: Sandbox, home: Path) -> None:
+    cleared.fault({"describe_lag": 3})
+    mark = len(cleared.log()["requests"])
+    shell = magics_shell(home, key_dir=home / ".ssh")
+    os.environ.update(cleared.environment())
+    name = unique("late-listing")
+    try:
+        nodes = shell.run_line_magic("ecs_start", f"--image-id {DEBIAN} --name {name} --key-pair-name {name} "
+                                                  "--init-ssh-key --count 2")  # fmt: skip
+        assert len(nodes) == 2 and {i.status for i in nodes} == {"Running"}
+        requests = cleared.log()["requests"][mark:]
+        created = next(r["time"] for r in requests if r["action"] == "RunInstances" and r["code"] == "OK")
+        early = [r for r in requests if r["action"] == "DescribeInstances" and r["time"] - created < 2.5]
+        assert early, "the start never asked while the instances were still unlisted"
+        shell.run_line_magic("ecs_stop", name)
+    finally:
+        for variable in cleared.environment():
+            os.environ.pop(variable, None)
+    assert ids_named(cleared, name) == []
+
+
+def test_the_console_stays_empty_until_its_lag_has_passed(cleared: Sandbox, env: dict[str, str]) -> None:
+    from alibabacloud_ecs20140526 import models as ecs
+
+    cleared.fault({"console_lag": 4})
+    name = unique("console")
+    done = pymlsql(env, *start_flags(name))
+    assert done.returncode == 0, done.stderr
+    [instance_id] = started_ids(done)
+    client = new_client(cleared)
+
+    def console() -> str:
+        request = ecs.GetInstanceConsoleOutputRequest(region_id=cleared.region_id, instance_id=instance_id)
+        return client.get_instance_console_output(request).body.console_output or ""
+
+    first_ran = cleared.log()["instances"][instance_id]["first_running_at"]
+    if time.time() - first_ran < 3:
+        assert console() == ""
+    wait_for(lambda: console() != "", timeout=10, what="the console output")
+    assert pymlsql(env, "stop", "--name", name).returncode == 0
+
+
+# -- Ctrl-C at every step of a start ------------------------------------------------------------
+
+
+def _stderr_lines(process: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
+    """The lines the process writes to stderr, as they come, and the thread that reads them."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
+
+
+def _said(lines: list[str], text: str) -> Callable[[Sandbox, str], bool]:
+    return lambda sandbox, name: any(text in line for line in lines)
+
+
+def _made(sandbox: Sandbox, name: str) -> bool:
+    return bool(ids_named(sandbox, name))
+
+
+def _answer_dropped(since: int) -> Callable[[Sandbox, str], bool]:
+    return lambda sandbox, name: "OK, answer dropped" in codes(sandbox, "RunInstances", since)
+
+
+# moment -> (faults, what shows the start has reached it: a progress line, or the sandbox's state)
+MOMENTS: dict[str, tuple[list[dict[str, Any]], Any]] = {
+    "before RunInstances": ([], "network:"),
+    "during RunInstances": ([{"action": "RunInstances", "lose_response": True, "count": 1},
+                             {"idempotent_processing": 3}], _answer_dropped),  # fmt: skip
+    "after RunInstances": ([{"stuck": "Pending"}], _made),
+    "while waiting for Running": ([{"stuck": "Starting"}], "Starting"),
+    "while waiting for SSH": ([{"ssh_delay": 120}], "waiting for SSH"),
+}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_ctrl_c_at_any_step_of_a_start_returns_within_seconds_and_leaves_nothing(
+    cleared: Sandbox, env: dict[str, str], moment: str
+) -> None:
+    faults, reached = MOMENTS[moment]
+    for fault in [{"initializing": 2}, *faults]:
+        cleared.fault(fault)
+    name = unique("ctrl-c")
+    mark = len(cleared.log()["requests"])
+    with subprocess.Popen([PYMLSQL, *start_flags(name, "--count", "2")], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
+        lines, reader = _stderr_lines(process)
+        if isinstance(reached, str):
+            check = _said(lines, reached)
+        elif reached is _answer_dropped:
+            check = _answer_dropped(mark)
+        else:
+            check = reached
+        wait_for(lambda: check(cleared, name), timeout=30, what=f"the start to get {moment}")
+
+        process.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        process.wait(timeout=30)
+        took = time.monotonic() - began
+        reader.join(timeout=10)
+
+    said = "".join(lines)
+    assert process.returncode != 0 and "Traceback" not in said, said
+    assert ids_named(cleared, name) == [], said
+    # A release refused while the instances initialize is waited out; the rest is a few seconds.
+    assert took < 8.0, (took, said)
+
+
+def test_the_notebook_stop_button_while_a_start_waits_for_ssh_returns_at_once_and_leaves_nothing(
+    cleared: Sandbox, tmp_path: Path
+) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    from .test_magics_kernel import execute
+
+    cleared.fault({"ssh_delay": 120})
+    cleared.fault({"initializing": 2})
+    name = unique("stop-button")
+    manager, kernel = start_new_kernel(kernel_name="python3",
+                                       env={**os.environ, **cleared.environment(), "HOME": str(tmp_path)})  # fmt: skip
+    try:
+        reply, _ = execute(kernel, "%load_ext pymlsql_magics")
+        assert reply["status"] == "ok", reply
+        msg_id = kernel.execute(f"%ecs_start --image-id {DEBIAN} --name {name} --key-pair-name {name} "
+                                "--init-ssh-key --count 2")  # fmt: skip
+        assert cleared.world is not None
+        wait_for(lambda: len(ids_named(cleared, name)) == 2
+                 and all(i.status == "Running" for i in cleared.world.instances.values() if i.name == name),
+                 timeout=30, what="the instances to run")  # fmt: skip
+        time.sleep(1.0)  # now the start waits for SSH
+        manager.interrupt_kernel()
+        began = time.monotonic()
+        reply = kernel.get_shell_msg(timeout=60)
+        took = time.monotonic() - began
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        assert took < 8.0, took
+        assert ids_named(cleared, name) == []
+    finally:
+        kernel.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def test_the_quirks_are_set_and_cleared_from_the_command_line(cleared: Sandbox, env: dict[str, str]) -> None:
+    assert cleared.world is not None
+    state = ["--state-dir", str(cleared.state_dir)]
+    done = pymlsql(env, "sandbox", "fault", *state, "--initializing", "30", "--idempotent-processing", "4",
+                   "--describe-lag", "2.5", "--console-lag", "60")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    quirks = cleared.world.quirks
+    assert (quirks.initializing, quirks.idempotent_processing, quirks.describe_lag, quirks.console_lag) == (
+        30, 4, 2.5, 60)  # fmt: skip
+
+    done = pymlsql(env, "sandbox", "fault", *state, "--describe-lag", "-1")
+    assert done.returncode != 0 and "--describe-lag: must be 0 or more seconds, got -1" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and cleared.world.quirks.describe_lag == 2.5
+
+    assert pymlsql(env, "sandbox", "fault", *state, "--initializing", "0").returncode == 0
+    assert cleared.world.quirks.initializing == 0 and cleared.world.quirks.console_lag == 60
+    assert pymlsql(env, "sandbox", "fault", *state, "--clear").returncode == 0
+    assert cleared.world.quirks.console_lag == 0 and cleared.world.quirks.idempotent_processing == 0
