@@ -301,3 +301,133 @@ def test_the_quirks_are_set_and_cleared_from_the_command_line(cleared: Sandbox, 
     assert cleared.world.quirks.initializing == 0 and cleared.world.quirks.console_lag == 60
     assert pymlsql(env, "sandbox", "fault", *state, "--clear").returncode == 0
     assert cleared.world.quirks.console_lag == 0 and cleared.world.quirks.idempotent_processing == 0
+
+
+# -- stock, zones and failover --------------------------------------------------------------------
+
+
+def zones_of(sandbox: Sandbox, name: str) -> list[str]:
+    assert sandbox.world is not None
+    with sandbox.world.lock:
+        return sorted(i.zone_id for i in sandbox.world.instances.values() if i.name == name)
+
+
+def test_describe_available_resource_shows_stock_as_ecs_does(cleared: Sandbox) -> None:
+    from alibabacloud_ecs20140526 import models as ecs
+
+    cleared.fault({"no_stock": ["ecs.g7.large@cn-hangzhou-h"], "stock": ["ecs.g7.large@cn-hangzhou-i=2"]})
+    request = ecs.DescribeAvailableResourceRequest(region_id=cleared.region_id, destination_resource="InstanceType",
+                                                   instance_type="ecs.g7.large")  # fmt: skip
+    body = new_client(cleared).describe_available_resource(request).body
+    seen = {}
+    for zone in body.available_zones.available_zone:
+        [kind] = zone.available_resources.available_resource
+        [item] = kind.supported_resources.supported_resource
+        assert item.value == "ecs.g7.large" and (item.status, item.status_category) == (
+            zone.status, zone.status_category)  # fmt: skip
+        seen[zone.zone_id] = (zone.status, zone.status_category)
+    assert seen == {"cn-hangzhou-h": ("SoldOut", "WithoutStock"), "cn-hangzhou-i": ("Available", "ClosedWithStock"),
+                    "cn-hangzhou-k": ("Available", "WithStock")}  # fmt: skip
+
+
+def test_a_start_goes_where_the_type_has_stock_and_moves_only_what_a_zone_could_not_make(
+    cleared: Sandbox, env: dict[str, str]
+) -> None:
+    # The zone this tool's network prefers has stock for one more; no other zone is limited.
+    cleared.fault({"stock": ["ecs.g7.large@cn-hangzhou-h=1"]})
+    mark = len(cleared.log()["requests"])
+    name = unique("failover")
+
+    done = pymlsql(env, *start_flags(name, "--count", "3"))
+
+    assert done.returncode == 0, done.stderr
+    assert zones_of(cleared, name) == ["cn-hangzhou-h", "cn-hangzhou-i", "cn-hangzhou-i"], done.stderr
+    assert codes(cleared, "RunInstances", mark) == ["OK", "OperationDenied.NoStock", "OK"]
+    assert "cn-hangzhou-h had stock for 1 of 3" in done.stderr
+    assert "OperationDenied.NoStock: no ecs.g7.large in cn-hangzhou-h now; looking elsewhere" in done.stderr
+    assert "creating 2 instance(s) of ecs.g7.large in cn-hangzhou-i" in done.stderr
+    assert sorted(started_ids(done)) == sorted(ids_named(cleared, name))
+    assert pymlsql(env, "stop", "--name", name).returncode == 0
+
+    # A zone sold out is not even asked: DescribeAvailableResource says so first.
+    cleared.fault({"no_stock": ["ecs.g7.large@cn-hangzhou-h"]})
+    mark = len(cleared.log()["requests"])
+    done = pymlsql(env, *start_flags(name))
+    assert done.returncode == 0, done.stderr
+    assert zones_of(cleared, name) == ["cn-hangzhou-i"] and codes(cleared, "RunInstances", mark) == ["OK"]
+    assert pymlsql(env, "stop", "--name", name).returncode == 0
+
+
+def test_when_every_zone_runs_out_one_message_names_each_place_tried_and_nothing_is_left(
+    cleared: Sandbox, env: dict[str, str]
+) -> None:
+    cleared.fault({"stock": [f"ecs.g7.large@cn-hangzhou-{zone}=1" for zone in "hik"]})
+    name = unique("all-out")
+
+    done = pymlsql(env, *start_flags(name, "--count", "4"))
+
+    first, hint = hinted_error(done)
+    assert first.startswith("pymlsql: error: no zone of cn-hangzhou could make the 1 instance(s) still missing; "
+                            "tried ecs.g7.large in cn-hangzhou-h (OperationDenied.NoStock), ecs.g7.large in "
+                            "cn-hangzhou-i (OperationDenied.NoStock), ecs.g7.large in cn-hangzhou-k "
+                            "(OperationDenied.NoStock)"), first  # fmt: skip
+    assert "released the 3 instance(s) this start created" in first
+    assert "--instance-type A,B" in hint and "--region" in hint
+    assert ids_named(cleared, name) == []
+
+    cleared.fault({"no_stock": ["ecs.g7.large"]})
+    with_none = pymlsql(env, *start_flags(name))
+    first, hint = hinted_error(with_none, exit_code=2)
+    assert "no zone of cn-hangzhou offers the instance type ecs.g7.large now" in first
+    assert ids_named(cleared, name) == []
+
+
+def test_a_pinned_zone_does_not_fail_over_and_says_what_ecs_refused(cleared: Sandbox, env: dict[str, str]) -> None:
+    cleared.fault({"stock": ["ecs.g7.large@cn-hangzhou-k=1"]})
+    mark = len(cleared.log()["requests"])
+    name = unique("pinned")
+
+    done = pymlsql(env, *start_flags(name, "--count", "2", "--zone", "cn-hangzhou-k"))
+
+    first, _ = hinted_error(done)
+    assert "OperationDenied.NoStock" in first and "(InstanceType ecs.g7.large, ZoneId cn-hangzhou-k" in first, first
+    assert codes(cleared, "RunInstances", mark) == ["OK", "OperationDenied.NoStock"]
+    assert ids_named(cleared, name) == []
+
+
+def test_instance_types_are_tried_in_order_from_the_magics(cleared: Sandbox, home: Path) -> None:
+    cleared.fault({"no_stock": ["ecs.g7.large"], "stock": ["ecs.r5.large@cn-hangzhou-h=1"]})
+    shell = magics_shell(home, key_dir=home / ".ssh")
+    os.environ.update(cleared.environment())
+    name = unique("types")
+    try:
+        nodes = shell.run_line_magic("ecs_start", f"--image-id {DEBIAN} --name {name} --key-pair-name {name} "
+                                                  "--init-ssh-key --count 2 "
+                                                  "--instance-type ecs.g7.large,ecs.r5.large")  # fmt: skip
+        assert sorted((i.instance_type, i.zone_id) for i in nodes) == [
+            ("ecs.r5.large", "cn-hangzhou-h"), ("ecs.r5.large", "cn-hangzhou-i")]  # fmt: skip
+        shell.run_line_magic("ecs_stop", name)
+    finally:
+        for variable in cleared.environment():
+            os.environ.pop(variable, None)
+    assert ids_named(cleared, name) == []
+
+
+def test_stock_faults_are_set_from_the_command_line_and_refused_when_malformed(
+    cleared: Sandbox, env: dict[str, str]
+) -> None:
+    assert cleared.world is not None
+    state = ["--state-dir", str(cleared.state_dir)]
+    done = pymlsql(env, "sandbox", "fault", *state, "--no-stock", "ecs.c7.large", "--stock",
+                   "ecs.g7.large@cn-hangzhou-i=3", "--no-stock", "ecs.r5.large@cn-hangzhou-k")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stock = cleared.world.stock
+    assert stock.available("ecs.c7.large", "cn-hangzhou-h") == 0
+    assert stock.available("ecs.g7.large", "cn-hangzhou-i") == 3
+    assert stock.available("ecs.r5.large", "cn-hangzhou-k") == 0
+    assert stock.available("ecs.r5.large", "cn-hangzhou-h") is None
+
+    done = pymlsql(env, "sandbox", "fault", *state, "--stock", "ecs.g7.large@cn-hangzhou-i")
+    assert done.returncode == 2 and "--stock: must be TYPE@ZONE=N" in done.stderr and "Traceback" not in done.stderr
+    assert pymlsql(env, "sandbox", "fault", *state, "--clear").returncode == 0
+    assert cleared.world.stock.available("ecs.c7.large", "cn-hangzhou-h") is None

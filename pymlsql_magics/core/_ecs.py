@@ -40,8 +40,12 @@ class EcsClient:
 
     # -- instances -------------------------------------------------------------------------
 
-    def run_instances(self, spec: LaunchSpec, *, amount: int, client_token: str, tags: Mapping[str, str]) -> list[str]:
-        """RunInstances of `amount` instances as `spec` describes them: the one mapping of a spec to ECS."""
+    def run_instances(self, spec: LaunchSpec, *, amount: int, client_token: str, tags: Mapping[str, str],
+                      min_amount: int | None = None) -> list[str]:  # fmt: skip
+        """RunInstances of `amount` instances as `spec` describes them: the one mapping of a spec to ECS.
+
+        With `min_amount`, ECS makes as many as its stock allows, at least that many, else none.
+        """
         disk = None
         if spec.system_disk_size or spec.system_disk_category:
             disk = ecs.RunInstancesRequestSystemDisk(
@@ -50,6 +54,7 @@ class EcsClient:
         request = ecs.RunInstancesRequest(
             region_id=self.region_id,
             amount=amount,
+            min_amount=min_amount,
             client_token=client_token,
             image_id=spec.image_id,
             instance_type=spec.instance_type,

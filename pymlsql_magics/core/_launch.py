@@ -54,7 +54,8 @@ class LaunchSpec:
     """What a start creates or reuses. Every field has its flag of the same name on both faces."""
 
     image_id: str | None = _setting(None, "text", "image to create instances from", configurable=True, metavar="ID")
-    instance_type: str = _setting("ecs.g7.large", "text", "instance type", configurable=True, metavar="TYPE")
+    instance_type: str = _setting("ecs.g7.large", "text", "instance type; A,B tries B where A has no stock left",
+                                  configurable=True, metavar="TYPE[,TYPE...]")  # fmt: skip
     count: int = _setting(1, "int", "how many instances")
     name: str | None = _setting(None, "text", "name them; a start with a name finds what an earlier one made "
                                 "and creates only what is missing")  # fmt: skip
@@ -98,7 +99,15 @@ class LaunchSpec:
                                            aliases={"magics": ("--timeout",)})  # fmt: skip
     keep_on_failure: bool = _setting(False, "flag", "keep what a failed start created")
 
+    @property
+    def instance_types(self) -> tuple[str, ...]:
+        """The types of `instance_type` ("A,B"), in the order they are tried."""
+        return tuple(item.strip() for item in self.instance_type.split(","))
+
     def __post_init__(self) -> None:
+        if not all(self.instance_types):
+            raise ConfigError(f"--instance-type {self.instance_type!r} has an empty type",
+                              hint="Pass one type, or several with commas: ecs.g7.large,ecs.g6.large")  # fmt: skip
         if self.count < 1:
             raise ConfigError(f"count must be at least 1, got {self.count}", hint="Pass --count 1 or more.")
         if self.spot_strategy is not None and self.spot_strategy not in SPOT_STRATEGIES:

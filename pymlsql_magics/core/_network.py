@@ -14,7 +14,7 @@ import hashlib
 import ipaddress
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TypeVar
@@ -40,6 +40,10 @@ Resource = TypeVar("Resource", VpcInfo, VSwitchInfo, GroupInfo)
 Settling = TypeVar("Settling", VpcInfo, VSwitchInfo)  # Pending first, then Available
 
 
+class NoZoneLeft(ConfigError):
+    """No zone of the region (but those already tried) can make the instance type now."""
+
+
 @dataclass(frozen=True)
 class Network:
     """Where new instances go."""
@@ -57,18 +61,20 @@ class NetworkPlanner:
         self.ecs, self.vpc, self.progress, self.timeout = ecs, vpc, progress, timeout
 
     def network_for(self, instance_type: str, *, vswitch_id: str | None, security_group: str | None,
-                    zone: str | None, ssh_source_cidr: str, home: Whereabouts | None = None) -> Network:  # fmt: skip
+                    zone: str | None, ssh_source_cidr: str, home: Whereabouts | None = None,
+                    avoid: Collection[str] = ()) -> Network:  # fmt: skip
         """The network to create `instance_type` in; ConfigError names a given value that cannot work.
 
         `home` is where this client runs: inside a VPC, new instances go beside it unless told
         otherwise. What is given is checked before anything is made: a bad value leaves nothing behind.
+        A zone in `avoid` (one that just refused the type) is not chosen; NoZoneLeft says none is left.
         """
-        offered = self.ecs.zones_offering(instance_type)
+        offered = [item for item in self.ecs.zones_offering(instance_type) if item not in avoid]
         given_group = self._given_group(security_group) if security_group else None
         if vswitch_id:
             vswitch = self._given_vswitch(vswitch_id, zone, instance_type, offered)
         elif given_group is not None:
-            vswitch = self._vswitch_of_given_vpc(given_group, zone, instance_type, offered)
+            vswitch = self._vswitch_of_given_vpc(given_group, zone, instance_type, offered, failing_over=bool(avoid))
         elif home is not None and home.vpc_id:
             return self._beside(home, instance_type, zone, offered, ssh_source_cidr)
         else:
@@ -160,7 +166,7 @@ class NetworkPlanner:
             )
 
     def _vswitch_of_given_vpc(self, group: GroupInfo, zone: str | None, instance_type: str,
-                              offered: list[str]) -> VSwitchInfo:  # fmt: skip
+                              offered: list[str], *, failing_over: bool = False) -> VSwitchInfo:  # fmt: skip
         """The roomiest vSwitch of the group's VPC in the zone given, or in any zone offering the type."""
         zones = [zone] if zone else offered
         candidates = [v for v in self.vpc.vswitches(vpc_id=group.vpc_id) if v.zone_id in zones] if group.vpc_id else []
@@ -169,7 +175,7 @@ class NetworkPlanner:
                               hint=_zones_hint(instance_type, offered))  # fmt: skip
         if not candidates:
             where = zone or f"a zone offering {instance_type} ({', '.join(offered) or 'none now'})"
-            raise ConfigError(
+            raise (NoZoneLeft if not zone and (failing_over or not offered) else ConfigError)(
                 f"the VPC {group.vpc_id or '(classic network)'} of the security group {group.security_group_id} "
                 f"has no vSwitch in {where}",
                 hint="Pass --vswitch-id of that VPC too, or leave --security-group out to use this tool's network.",
@@ -183,7 +189,7 @@ class NetworkPlanner:
                                   hint=_zones_hint(instance_type, offered))  # fmt: skip
             return zone
         if not offered:
-            raise ConfigError(
+            raise NoZoneLeft(
                 f"no zone of {self.ecs.region_id} offers the instance type {instance_type} now",
                 hint="Check --instance-type (DescribeInstanceTypes lists the types), or pick another type or region.",
             )

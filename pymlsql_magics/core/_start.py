@@ -9,13 +9,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from ._errors import ConfigError, HostKeyMismatchError, InstanceStateError, PymlsqlError, SshError, WaitTimeoutError
+from ._errors import (
+    ConfigError,
+    EcsApiError,
+    HostKeyMismatchError,
+    InstanceStateError,
+    PymlsqlError,
+    SshError,
+    WaitTimeoutError,
+)
 from ._host_key_sources import host_keys_in_cloud_config
 from ._keys import ensure_key_pair
 from ._launch import LaunchSpec, check_tags
-from ._network import CREATED_BY, TOOL, NetworkPlanner
+from ._network import CREATED_BY, TOOL, NetworkPlanner, NoZoneLeft
 from ._results import Instance
 
 if TYPE_CHECKING:
@@ -26,6 +34,17 @@ _MAX_PER_CALL = 100
 _LISTING_PATIENCE = 60.0  # seconds a created id may be missing from DescribeInstances
 Watch = Callable[[list[Instance], set[str]], None]
 Result = TypeVar("Result")
+# Refusals of a type in one zone, not of the request: the start moves on to the next zone or type.
+_ZONE_REFUSALS = ("OperationDenied.NoStock", "Zone.NotOnSale", "Zone.NotOpen", "InvalidResourceType.NotSupported",
+                  "InvalidInstanceType.ZoneNotSupported", "InstanceType.Offline")  # fmt: skip
+
+
+class Refusal(NamedTuple):
+    """A type a zone would not make, and ECS's code for why."""
+
+    instance_type: str
+    zone: str
+    code: str
 
 
 def _no_watch(instances: list[Instance], ssh_ready: set[str]) -> None:
@@ -38,6 +57,7 @@ class Start:
     def __init__(self, fleet: Fleet, spec: LaunchSpec, *, watch: Watch | None = None) -> None:
         self.fleet = fleet
         self.spec = spec
+        self.requested = spec  # as given: where a failover looks again from
         self.forced_public = spec.need_public_ip
         self.watch = watch or _no_watch
         self.timeout = spec.start_timeout or fleet.config.start_timeout
@@ -87,21 +107,64 @@ class Start:
                 "instances' VPC, where their private addresses reach them.",
             )
 
-    def _placed(self, spec: LaunchSpec) -> LaunchSpec:
-        """The spec with its network found, checked or made, and whether it gets public addresses."""
-        fleet = self.fleet
+    def _placed(self, spec: LaunchSpec, refused: Sequence[Refusal] = (),
+                error: EcsApiError | None = None) -> LaunchSpec:  # fmt: skip
+        """The spec with its network found, checked or made, and whether it gets public addresses.
+
+        Types are tried in their order, each in the zones that offer it, but those in `refused`
+        (which answered the error that made this start look again); a zone or vSwitch given pins
+        the zone, so only the next type is tried there.
+        """
+        fleet, requested = self.fleet, self.requested
         public = spec.need_public_ip
         if public is None:
             public = spec.bandwidth is not None or fleet.whereabouts.vpc_id is None
         planner = NetworkPlanner(fleet.ecs, fleet.vpc, progress=fleet.progress, timeout=self.timeout)
-        network = planner.network_for(
-            spec.instance_type, vswitch_id=spec.vswitch_id, security_group=spec.security_group, zone=spec.zone,
-            ssh_source_cidr=spec.ssh_source_cidr or fleet.config.ssh_source_cidr, home=fleet.whereabouts,
+        pinned = bool(requested.zone or requested.vswitch_id) or (
+            fleet.whereabouts.vpc_id is not None and not requested.security_group
+        )
+        unoffered: list[NoZoneLeft] = []
+        for instance_type in requested.instance_types:
+            avoid = {item.zone for item in refused if item.instance_type == instance_type}
+            if avoid and pinned:
+                continue
+            try:
+                network = planner.network_for(
+                    instance_type, vswitch_id=requested.vswitch_id, security_group=requested.security_group,
+                    zone=requested.zone, ssh_source_cidr=requested.ssh_source_cidr or fleet.config.ssh_source_cidr,
+                    home=fleet.whereabouts, avoid=avoid,
+                )  # fmt: skip
+            except NoZoneLeft as nothing:
+                unoffered.append(nothing)
+                continue
+            addresses = "public" if public else "private"
+            fleet.progress(f"network: {network.vswitch_id} in {network.zone_id} of {network.vpc_id}, "
+                           f"group {network.security_group_id}, {addresses} addresses")  # fmt: skip
+            return replace(spec, instance_type=instance_type, vswitch_id=network.vswitch_id,
+                           security_group=network.security_group_id, zone=network.zone_id,
+                           need_public_ip=public)  # fmt: skip
+        raise self._nowhere(refused, unoffered, error)
+
+    def _nowhere(self, refused: Sequence[Refusal], unoffered: list[NoZoneLeft],
+                 error: EcsApiError | None) -> PymlsqlError:  # fmt: skip
+        """The one error of a start no zone and no type can make, naming each place tried and why."""
+        types = self.requested.instance_types
+        if error is not None and len(refused) == 1 and len(types) == 1:
+            return error  # one place was all there was to try: ECS's own words, with the values
+        if not refused and len(unoffered) == 1:
+            return unoffered[0]
+        region = self.fleet.ecs.region_id
+        hint = ("Pick another instance type (--instance-type A,B tries several in order) or another region "
+                "(--region); stock comes back over time.")  # fmt: skip
+        if not refused:
+            return ConfigError(f"no zone of {region} offers any of the instance types {', '.join(types)} now",
+                               hint=hint)  # fmt: skip
+        tried = ", ".join(f"{item.instance_type} in {item.zone} ({item.code})" for item in refused)
+        missing = self.requested.count - len(self.created)
+        return EcsApiError(
+            f"no zone of {region} could make the {missing} instance(s) still missing; tried {tried}",
+            code=refused[-1].code, hint=hint,
         )  # fmt: skip
-        fleet.progress(f"network: {network.vswitch_id} in {network.zone_id} of {network.vpc_id}, "
-                       f"group {network.security_group_id}, {'public' if public else 'private'} addresses")  # fmt: skip
-        return replace(spec, vswitch_id=network.vswitch_id, security_group=network.security_group_id,
-                       zone=network.zone_id, need_public_ip=public)  # fmt: skip
 
     def _reused(self) -> list[Instance]:
         if self.spec.instance_ids:
@@ -142,24 +205,37 @@ class Start:
             error.add_outcome(outcome)
 
     def _create(self, amount: int) -> None:
-        spec, ecs = self.spec, self.fleet.ecs
-        tags = {**self.own_tags, **spec.tags}
+        ecs, tags = self.fleet.ecs, {**self.own_tags, **self.spec.tags}
+        refused: list[Refusal] = []
         try:
             while len(self.created) < amount:
+                spec = self.spec
                 batch = min(_MAX_PER_CALL, amount - len(self.created))
                 # One token per call: a retried RunInstances never creates twice.
                 token = uuid.uuid4().hex
-                self.fleet.progress(f"creating {batch} instance(s) from {spec.image_id}")
-                made, interrupted = _to_completion(
-                    partial(ecs.run_instances, spec, amount=batch, client_token=token, tags=tags)
-                )
+                self.fleet.progress(f"creating {batch} instance(s) of {spec.instance_type} in {spec.zone} "
+                                    f"from {spec.image_id}")  # fmt: skip
+                try:
+                    # MinAmount 1: a zone with stock for fewer makes those, and only the rest moves on.
+                    made, interrupted = _to_completion(partial(ecs.run_instances, spec, amount=batch, min_amount=1,
+                                                               client_token=token, tags=tags))  # fmt: skip
+                except EcsApiError as error:
+                    if error.code not in _ZONE_REFUSALS:
+                        raise
+                    refused.append(Refusal(spec.instance_type, spec.zone or "", error.code))
+                    self.fleet.progress(f"{error.code}: no {spec.instance_type} in {spec.zone} now; looking elsewhere")
+                    self.spec = self._placed(spec, refused, error)
+                    continue
                 self.created += made
+                if len(made) < batch:
+                    self.fleet.progress(f"{spec.zone} had stock for {len(made)} of {batch}")
                 if interrupted:
                     raise KeyboardInterrupt
         except (PymlsqlError, KeyboardInterrupt) as error:
             # A create cut short is released even with keep_on_failure: nothing of it was ever usable.
             self._release(error)
             raise
+        spec = self.spec
         # Host keys the cloud-config gives the instances are known now: pinned before any contact.
         known = host_keys_in_cloud_config(spec.user_data)
         for instance_id in self.created if known else []:

@@ -41,6 +41,11 @@ _KNOWN: dict[str, tuple[int, str]] = {
         400,
         "The request uses the same client token as a previous, but non-identical request.",
     ),
+    "OperationDenied.NoStock": (
+        403,
+        "The requested resource is sold out in the specified zone; try other types of resources or other "
+        "regions and zones.",
+    ),
     "IdempotentProcessing": (403, "The previous idempotent request(s) is still processing."),
     "IncorrectInstanceStatus.Initializing": (403, "The specified instance is in initializing status."),
     "InvalidAutoReleaseTime.Malformed": (400, "The specified AutoReleaseTime is not valid."),

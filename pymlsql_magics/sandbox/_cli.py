@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from ._hosts import find_sshd, full_fidelity, inside_command, machine_pid
 from ._model import Timings
 from ._sandbox import DEFAULT_REGION, Sandbox, SandboxWarning
 from ._state import SandboxInfo, state_dir_or_default
+from ._stock import parse_no_stock, parse_stock
 from ._throttle import parse_link
 
 _DEFAULTS = Timings()
@@ -92,6 +94,11 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser]) -> None:
         ("--console-lag", "GetInstanceConsoleOutput is empty until this long after an instance first ran"),
     ):  # fmt: skip
         fault.add_argument(flag, type=_seconds, metavar="SECONDS", help=f"{meaning} (0 undoes it)")
+    fault.add_argument("--no-stock", metavar="TYPE[@ZONE]", action="append", type=_checked(parse_no_stock),
+                       help="RunInstances of TYPE in ZONE (every zone when none is given) answers "
+                            "OperationDenied.NoStock, DescribeAvailableResource says SoldOut; repeatable")  # fmt: skip
+    fault.add_argument("--stock", metavar="TYPE@ZONE=N", action="append", type=_checked(parse_stock),
+                       help="only N more instances of TYPE fit in ZONE; repeatable")  # fmt: skip
     fault.add_argument("--clear", action="store_true", help="remove every pending fault")
 
     inside = commands.add_parser(
@@ -144,6 +151,19 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help="model this machine's own link to public addresses, in Mbit/s, shared by all its "
              "connections (for example 20/100; default: not limited)",
     )  # fmt: skip
+
+
+def _checked(parse: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type that keeps the text, refused as `parse` refuses it."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text.strip()
+
+    return check
 
 
 def _seconds(text: str) -> float:
@@ -290,6 +310,8 @@ def _fault(info: SandboxInfo, args: argparse.Namespace) -> int:
         freeze=args.freeze or None,
         thaw=args.thaw or None,
         **{name: getattr(args, name) for name in QUIRKS},
+        no_stock=tuple(args.no_stock or ()),
+        stock=tuple(args.stock or ()),
     )
     if order.empty:
         raise SandboxControlError("no fault given.", hint="see `pymlsql sandbox fault --help` for the options.")

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._errors import HostError
+from ._stock import Stock, parse_no_stock, parse_stock
 
 if TYPE_CHECKING:
     from ._model import World
@@ -70,8 +71,18 @@ class FaultOrder:
     idempotent_processing: float | None = None
     describe_lag: float | None = None
     console_lag: float | None = None
+    no_stock: tuple[str, ...] = ()  # TYPE or TYPE@ZONE: RunInstances of it there answers NoStock
+    stock: tuple[str, ...] = ()  # TYPE@ZONE=N: only N more instances of TYPE fit in ZONE
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "no_stock", tuple(self.no_stock))
+        object.__setattr__(self, "stock", tuple(self.stock))
+        for name, parse in (("no_stock", parse_no_stock), ("stock", parse_stock)):
+            for item in getattr(self, name):
+                try:
+                    parse(item)
+                except ValueError as error:
+                    raise ValueError(f"{name} {error}") from None
         if self.stuck is not None and self.stuck not in (*STUCK_STATUSES, ""):
             raise ValueError("stuck must be Pending, Starting or Stopping")
         for name, seconds in self.quirks().items():
@@ -91,6 +102,7 @@ class FaultOrder:
             or self.ssh_delay is not None
             or self.stuck is not None
             or bool(self.quirks())
+            or bool(self.no_stock or self.stock)
             or any(instance_id for _, instance_id in self.instance_faults())
         )
 
@@ -126,6 +138,8 @@ class FaultOrder:
             freeze=text("freeze"),
             thaw=text("thaw"),
             **{name: float(data[name]) for name in QUIRKS if data.get(name) is not None},
+            no_stock=_texts(data.get("no_stock")),
+            stock=_texts(data.get("stock")),
         )
 
     def instance_faults(self) -> list[tuple[str, str | None]]:
@@ -138,6 +152,15 @@ class FaultOrder:
         ]
 
 
+def _texts(value: Any) -> tuple[str, ...]:
+    """A JSON string or list of strings as a tuple; absent means none."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(item) for item in value)
+
+
 def apply(world: World, order: FaultOrder) -> None:
     """Carries `order` out on `world`; raises ValueError for an instance that is not Running."""
     if order.clear:
@@ -146,6 +169,7 @@ def apply(world: World, order: FaultOrder) -> None:
             world.ssh_delay = 0.0
             world.stuck = None
             world.quirks = Quirks()
+            world.stock = Stock()
     if order.action:
         fault = Fault(order.code, order.status, order.count, order.message, order.lose_response)
         with world.lock:
@@ -159,6 +183,10 @@ def apply(world: World, order: FaultOrder) -> None:
     with world.lock:
         for name, seconds in order.quirks().items():
             setattr(world.quirks, name, seconds)
+        for item in order.no_stock:
+            world.stock.limit(*parse_no_stock(item), 0)
+        for item in order.stock:
+            world.stock.limit(*parse_stock(item))
     for kind, instance_id in order.instance_faults():
         if not instance_id:
             continue

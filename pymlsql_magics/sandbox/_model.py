@@ -26,6 +26,7 @@ from ._catalog import IMAGES
 from ._faults import Fault, Quirks
 from ._hosts import BootSpec, Hosts
 from ._relay import Gate
+from ._stock import Stock
 from ._sts import RoleCredentialStore
 from ._wire import Attachment
 
@@ -261,6 +262,7 @@ class World(Gate):
         self.ssh_delay = 0.0
         self.stuck: str | None = None
         self.quirks = Quirks()
+        self.stock = Stock()
         self.requests: list[dict[str, Any]] = []
         self.released: dict[str, dict[str, float]] = {}
         self.scheduler = Scheduler()

@@ -50,7 +50,7 @@ def DescribeZones(ctx: Context, params: Params) -> dict[str, Any]:
 
 @action
 def DescribeAvailableResource(ctx: Context, params: Params) -> dict[str, Any]:
-    """Instance types by zone: every zone of the sandbox has stock of every type."""
+    """Instance types by zone, and whether each has stock there (see `pymlsql sandbox fault --no-stock`)."""
     region = region_of(params)
     destination = params.required("DestinationResource")
     if destination not in ("Zone", "InstanceType"):
@@ -65,18 +65,26 @@ def DescribeAvailableResource(ctx: Context, params: Params) -> dict[str, Any]:
     types = [kind for kind in types if kind in _catalog.INSTANCE_TYPES]
     zones = ([wanted_zone] if wanted_zone else _catalog.zones(region)) if types else []
 
+    def state(kinds: list[str], zone: str) -> dict[str, str]:
+        # ECS: SoldOut once nothing is left; ClosedWithStock while some is left that is not replenished.
+        left = [ctx.world.stock.available(kind, zone) for kind in kinds]
+        if all(count == 0 for count in left):
+            return {"Status": "SoldOut", "StatusCategory": "WithoutStock"}
+        if all(count is not None for count in left):
+            return {"Status": "Available", "StatusCategory": "ClosedWithStock"}
+        return {"Status": "Available", "StatusCategory": "WithStock"}
+
     def resources(zone: str) -> dict[str, Any]:
         if destination == "Zone":
-            offered = [{"Value": zone, "Status": "Available", "StatusCategory": "WithStock"}]
+            offered = [{"Value": zone, **state(types, zone)}]
         else:
-            offered = [{"Value": kind, "Status": "Available", "StatusCategory": "WithStock"} for kind in types]
+            offered = [{"Value": kind, **state([kind], zone)} for kind in types]
         return {"AvailableResource": [{"Type": destination, "SupportedResources": {"SupportedResource": offered}}]}
 
     return {
         "AvailableZones": {
             "AvailableZone": [
-                {"RegionId": region, "ZoneId": zone, "Status": "Available", "StatusCategory": "WithStock",
-                 "AvailableResources": resources(zone)}  # fmt: skip
+                {"RegionId": region, "ZoneId": zone, **state(types, zone), "AvailableResources": resources(zone)}
                 for zone in zones
             ]
         }

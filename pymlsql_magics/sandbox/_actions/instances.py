@@ -205,6 +205,18 @@ def _free_port(address: str) -> int:
         return int(probe.getsockname()[1])
 
 
+def _in_stock(ctx: Context, settings: dict[str, Any], amount: int, minimum: int) -> int:
+    """How many of `amount` the zone can make (at least `minimum`, else NoStock), taken from its stock."""
+    instance_type, zone = settings["instance_type"], settings["zone_id"]
+    left = ctx.world.stock.available(instance_type, zone)
+    if left is not None:
+        if left < minimum:
+            raise ApiError("OperationDenied.NoStock")
+        amount = min(amount, left)
+    ctx.world.stock.take(instance_type, zone, amount)
+    return amount
+
+
 @action
 def RunInstances(ctx: Context, params: Params) -> dict[str, Any]:
     region = region_of(params)
@@ -218,6 +230,7 @@ def RunInstances(ctx: Context, params: Params) -> dict[str, Any]:
         unique = params.flag("UniqueSuffix") and amount > 1
         if params.flag("DryRun"):
             raise ApiError("DryRunOperation", message="Request validation has been passed with DryRun flag set.")
+        amount = _in_stock(ctx, settings, amount, minimum)
         ids = []
         for index in range(1, amount + 1):
             instance = _new_instance(ctx, region, settings, index, unique)
@@ -236,6 +249,7 @@ def CreateInstance(ctx: Context, params: Params) -> dict[str, Any]:
 
     def create() -> dict[str, Any]:
         settings = _launch_settings(ctx, params, region)
+        _in_stock(ctx, settings, 1, 1)
         instance = _new_instance(ctx, region, settings, 1, False)
         ctx.world.add(instance, start=False)
         return {"InstanceId": instance.instance_id}
