@@ -15,7 +15,7 @@ from traitlets.config import Configurable
 from .core import SETTINGS, EcsConfig, LaunchSpec
 
 _BY_KIND: dict[str, type[TraitType[Any, Any]]] = {
-    "text": Unicode, "choice": Unicode, "int": Int, "seconds": Float, "flag": Bool,
+    "text": Unicode, "choice": Unicode, "int": Int, "seconds": Float, "number": Float, "flag": Bool,
 }  # fmt: skip
 _BY_TYPE: dict[type, type[TraitType[Any, Any]]] = {str: Unicode, int: Int, float: Float, bool: Bool}
 

@@ -20,6 +20,7 @@ from ._embedded import with_sandbox_fallback
 from .core import (
     ConfigError,
     ConsoleSink,
+    Cost,
     EcsConfig,
     ExecResult,
     Face,
@@ -220,6 +221,9 @@ def _as_json(instance: Instance) -> dict[str, Any]:
         "public_ip": instance.public_ip,
         "intern_ip": instance.private_ip,
         "key_pair_name": instance.key_pair_name,
+        "instance_type": instance.instance_type,
+        "zone_id": instance.zone_id,
+        "spot_strategy": instance.spot_strategy,
         "tags": dict(instance.tags),
     }
 
@@ -303,14 +307,27 @@ def _copy_to_local(fleet: Fleet, args: argparse.Namespace) -> int:
 
 def _list(fleet: Fleet, args: argparse.Namespace) -> int:
     instances = fleet.find(args.name)
+    costs = fleet.costs(instances)
     if args.output == "json":
-        print(json.dumps([{**_as_json(i), "ssh_via": fleet.reach(i)} for i in instances], indent=2))
+        print(json.dumps([{**_as_json(i), "ssh_via": fleet.reach(i), **_cost_json(costs.get(i.instance_id))}
+                          for i in instances], indent=2))  # fmt: skip
         return 0
     for instance in instances:
         name = instance.tags.get("pymlsql:name", "-")
+        cost = costs.get(instance.instance_id)
         print(f"{instance.instance_id}  {instance.status:<8}  {name:<16}  {instance.private_ip:<15}  "
-              f"{instance.public_ip or '-':<15}  ssh via {fleet.reach(instance)}")  # fmt: skip
+              f"{instance.public_ip or '-':<15}  ssh via {fleet.reach(instance):<7}  {cost or '-'}")  # fmt: skip
+    known = list(costs.values())
+    if known:
+        _say(f"{len(instances)} instance(s), {sum(c.per_hour for c in known):.3f} {known[0].currency}/hour in all")
     return 0
+
+
+def _cost_json(cost: Cost | None) -> dict[str, Any]:
+    if cost is None:
+        return {}
+    return {"price_per_hour": round(cost.per_hour, 4), "cost_so_far": round(cost.so_far, 4),
+            "currency": cost.currency}  # fmt: skip
 
 
 def _network(fleet: Fleet, args: argparse.Namespace) -> int:

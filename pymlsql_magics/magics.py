@@ -127,6 +127,7 @@ class EcsMagics(Magics, Settings):
                 config = in_sandbox(config, info)
             with Fleet(config) as fleet:
                 left = fleet.find()
+                costs = fleet.costs(left)
         except PymlsqlError as error:
             print(f"pymlsql: could not look for instances left running: {str(error).splitlines()[0]}", file=sys.stderr)
             return
@@ -135,8 +136,10 @@ class EcsMagics(Magics, Settings):
         shown = ", ".join(f"{i.instance_id} ({i.status}{', ' + i.name if i.name else ''})" for i in left[:10])
         more = f" and {len(left) - 10} more" if len(left) > 10 else ""
         where = " in the local sandbox" if config.credentials_source is CredentialsSource.SANDBOX else ""
+        per_hour = InstanceList(left, costs=costs).per_hour
+        cost = f", costing {per_hour}" if per_hour else ""
         print(
-            f"pymlsql: {len(left)} instance(s) this tool created are still there{where}: {shown}{more}.\n"
+            f"pymlsql: {len(left)} instance(s) this tool created are still there{where}{cost}: {shown}{more}.\n"
             "Release them with %ecs_stop --all (or %ecs_stop NAME); %ecs_list shows them.",
             file=sys.stderr,
         )
@@ -215,7 +218,8 @@ class EcsMagics(Magics, Settings):
 
             instances = fleet.start(spec, watch=watch)
             view.finish()
-        return InstanceList(instances, via={i.instance_id: fleet.reach(i) for i in instances})
+        return InstanceList(instances, via={i.instance_id: fleet.reach(i) for i in instances},
+                            costs=fleet.costs(instances))  # fmt: skip
 
     @cell_magic
     @magic_arguments()
@@ -380,7 +384,7 @@ class EcsMagics(Magics, Settings):
         with _as_usage_error():
             fleet = self._session()
             found = fleet.find(args.name)
-            return InstanceList(found, via={i.instance_id: fleet.reach(i) for i in found})
+            return InstanceList(found, via={i.instance_id: fleet.reach(i) for i in found}, costs=fleet.costs(found))
 
     @line_magic
     @magic_arguments()

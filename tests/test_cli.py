@@ -412,8 +412,11 @@ def test_list_shows_what_this_tool_created(env: dict[str, str], master: dict[str
     listed = pymlsql(env, "list", "--name", master["name"])
     assert listed.returncode == 0, listed.stderr
     (line,) = listed.stdout.splitlines()
-    assert line.split() == [master["id"], "Running", master["name"], master["intern"], master["public"],
-                            "ssh", "via", "public"]  # fmt: skip
+    words = line.split()
+    assert words[:8] == [master["id"], "Running", master["name"], master["intern"], master["public"],
+                         "ssh", "via", "public"]  # fmt: skip
+    # Then its hourly price and what it has cost since it was created.
+    assert re.fullmatch(r"\d+\.\d{3} CNY/h \d+\.\d{3} CNY so far", " ".join(words[8:])), line
 
     as_json = json.loads(pymlsql(env, "list", "--output", "json").stdout)
     (item,) = [item for item in as_json if item["instance_id"] == master["id"]]

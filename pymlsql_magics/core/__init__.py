@@ -1,6 +1,7 @@
 """The core of pymlsql_magics: ECS operations, SSH, keys and configuration. Never imports IPython."""
 
 from ._config import CredentialsSource, EcsConfig, parse_duration
+from ._costs import Cost, Price
 from ._errors import (
     ConfigError,
     CopyError,
@@ -21,6 +22,8 @@ from ._output import ConsoleSink, LogSink, NullSink, OutputSink, StreamDecoder, 
 from ._results import CopyResult, ExecResult, FleetResult, Instance, InstanceList, naming
 
 __all__ = [
+    "Cost",
+    "Price",
     "CREATED_BY",
     "NAME_TAG",
     "ConfigError",

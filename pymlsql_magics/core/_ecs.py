@@ -19,6 +19,7 @@ from alibabacloud_ecs20140526.client import Client
 
 from ._api_calls import ApiCaller, sdk_config
 from ._config import EcsConfig
+from ._costs import Price
 from ._launch import DEFAULT_BANDWIDTH, LaunchSpec
 from ._network_resources import GroupInfo, IngressRule
 from ._results import Instance
@@ -62,7 +63,8 @@ class EcsClient:
             security_group_id=spec.security_group,
             v_switch_id=spec.vswitch_id,
             zone_id=spec.zone,
-            spot_strategy=spec.spot_strategy,
+            spot_strategy=spec.spot_mode,
+            spot_price_limit=spec.spot_price_limit,
             ram_role_name=spec.ram_role,
             system_disk=disk,
             internet_max_bandwidth_out=(spec.bandwidth or DEFAULT_BANDWIDTH) if spec.need_public_ip else 0,
@@ -207,6 +209,24 @@ class EcsClient:
                 zones.append(zone.zone_id)
         return zones
 
+    # -- prices ----------------------------------------------------------------------------
+
+    def price(self, instance_type: str, *, zone: str | None = None, spot_strategy: str | None = None,
+              amount: int = 1, system_disk_category: str | None = None, system_disk_size: int | None = None,
+              bandwidth: int = 0) -> Price:  # fmt: skip
+        """What `amount` such instances cost per hour in all, pay-as-you-go, as DescribePrice quotes it."""
+        disk = None
+        if system_disk_category or system_disk_size:
+            disk = ecs.DescribePriceRequestSystemDisk(category=system_disk_category, size=system_disk_size)
+        request = ecs.DescribePriceRequest(
+            region_id=self.region_id, resource_type="instance", instance_type=instance_type, zone_id=zone,
+            spot_strategy=spot_strategy, amount=amount, system_disk=disk, internet_max_bandwidth_out=bandwidth,
+            price_unit="Hour", period=1,
+        )  # fmt: skip
+        body = self._call(f"price {instance_type}", partial(self._client.describe_price, request))
+        price = body.price_info.price
+        return Price(float(price.trade_price or 0.0), price.currency or "", amount)
+
     # -- key pairs -------------------------------------------------------------------------
 
     def create_key_pair(self, name: str) -> str:
@@ -267,4 +287,8 @@ def _instance(item: Any) -> Instance:
         vswitch_id=(item.vpc_attributes.v_switch_id if item.vpc_attributes else None) or "",
         security_group_ids=tuple((item.security_group_ids.security_group_id if item.security_group_ids else None)
                                  or ()),  # fmt: skip
+        spot_strategy=item.spot_strategy or "",
+        creation_time=item.creation_time or "",
+        lock_reasons=tuple(lock.lock_reason or "" for lock in (item.operation_locks.lock_reason
+                                                                if item.operation_locks else None) or ()),  # fmt: skip
     )

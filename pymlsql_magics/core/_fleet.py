@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from ._config import EcsConfig
+from ._costs import Cost, Price, PriceKey, costs, price_key
 from ._ecs import EcsClient
 from ._errors import ConfigError, FleetError, InstanceStateError, PymlsqlError, WaitTimeoutError
 from ._face import PYTHON, Face
@@ -131,6 +132,18 @@ class Fleet:
         if name:
             tags[NAME_TAG] = name
         return self.ecs.describe(tags=tags)
+
+    def costs(self, instances: Sequence[Instance]) -> dict[str, Cost]:
+        """Each instance's hourly price and its cost since creation: one DescribePrice per kind of
+        instance (type, zone, spot), not per instance. Prices ECS will not quote are left out."""
+        prices: dict[PriceKey, Price] = {}
+        for key in dict.fromkeys(price_key(instance) for instance in instances):
+            instance_type, zone, spot = key
+            try:
+                prices[key] = self.ecs.price(instance_type, zone=zone or None, spot_strategy=spot)
+            except PymlsqlError as error:
+                self.progress(f"no price for {instance_type} in {zone}: {str(error).splitlines()[0]}")
+        return costs(instances, prices)
 
     # -- start -----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from ._config import check_cidr, parse_duration
 from ._errors import ConfigError
 
 FaceName = Literal["magics", "cli"]
-Kind = Literal["text", "int", "seconds", "duration", "flag", "file", "pairs", "list", "choice"]
+Kind = Literal["text", "int", "number", "seconds", "duration", "flag", "file", "pairs", "list", "choice"]
 SPOT_STRATEGIES = ("NoSpot", "SpotWithPriceLimit", "SpotAsPriceGo")
 MAX_BANDWIDTH = 100  # Mbit/s, as RunInstances allows
 DEFAULT_BANDWIDTH = 10
@@ -86,6 +86,14 @@ class LaunchSpec:
     user_data: str | None = _setting(None, "file", "user data file (#! script or #cloud-config)", metavar="FILE",
                                      aliases={"cli": ("--user-data-file",)})  # fmt: skip
     spot_strategy: str | None = _setting(None, "choice", "spot pricing", choices=SPOT_STRATEGIES, configurable=True)
+    spot: bool = _setting(False, "flag", "spot instances at the market price (SpotAsPriceGo), often a tenth of "
+                          "the price; ECS may reclaim them with 5 minutes' notice", configurable=True)  # fmt: skip
+    spot_price_limit: float | None = _setting(None, "number", "spot instances that cost at most this much per "
+                                              "hour each (SpotWithPriceLimit)", metavar="PRICE",
+                                              configurable=True)  # fmt: skip
+    max_price_per_hour: float | None = _setting(None, "number", "refuse a start whose instances would cost more "
+                                                "than this per hour in all, before creating any", metavar="PRICE",
+                                                configurable=True)  # fmt: skip
     ram_role: str | None = _setting(None, "text", "RAM role of the instances: programs on them get its STS "
                                     "credentials from the metadata service, with no key", configurable=True,
                                     metavar="NAME")  # fmt: skip
@@ -104,10 +112,29 @@ class LaunchSpec:
         """The types of `instance_type` ("A,B"), in the order they are tried."""
         return tuple(item.strip() for item in self.instance_type.split(","))
 
+    @property
+    def spot_mode(self) -> str | None:
+        """The SpotStrategy RunInstances gets: --spot-price-limit, --spot or --spot-strategy says it."""
+        if self.spot_price_limit is not None:
+            return "SpotWithPriceLimit"
+        if self.spot:
+            return "SpotAsPriceGo"
+        return self.spot_strategy
+
     def __post_init__(self) -> None:
         if not all(self.instance_types):
             raise ConfigError(f"--instance-type {self.instance_type!r} has an empty type",
                               hint="Pass one type, or several with commas: ecs.g7.large,ecs.g6.large")  # fmt: skip
+        if self.spot or self.spot_price_limit is not None:
+            wanted = "SpotWithPriceLimit" if self.spot_price_limit is not None else "SpotAsPriceGo"
+            if self.spot_strategy not in (None, wanted):
+                raise ConfigError(f"--spot-strategy {self.spot_strategy} contradicts "
+                                  f"{'--spot-price-limit' if self.spot_price_limit is not None else '--spot'}",
+                                  hint="Drop --spot-strategy: --spot and --spot-price-limit say it.")  # fmt: skip
+        for flag, price in (("--spot-price-limit", self.spot_price_limit), ("--max-price-per-hour",
+                                                                             self.max_price_per_hour)):  # fmt: skip
+            if price is not None and not price > 0:
+                raise ConfigError(f"{flag} must be a price above 0, got {price:g}", hint=f"e.g. {flag} 0.5")
         if self.count < 1:
             raise ConfigError(f"count must be at least 1, got {self.count}", hint="Pass --count 1 or more.")
         if self.spot_strategy is not None and self.spot_strategy not in SPOT_STRATEGIES:
@@ -175,7 +202,7 @@ def start_arguments(face: FaceName) -> list[tuple[list[str], dict[str, Any]]]:
         keywords: dict[str, Any] = {"dest": setting.name, "default": None, "help": setting.help + shown}
         if setting.metavar:
             keywords["metavar"] = setting.metavar
-        if setting.kind in ("int", "seconds"):
+        if setting.kind in ("int", "seconds", "number"):
             keywords["type"] = int if setting.kind == "int" else float
         elif setting.kind == "flag":
             keywords.update(nargs="?", const=True, type=parse_flag, metavar="true|false")

@@ -6,9 +6,12 @@ import html
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._errors import PymlsqlError
+
+if TYPE_CHECKING:
+    from ._costs import Cost
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,14 @@ class Instance:
     vpc_id: str = ""
     vswitch_id: str = ""
     security_group_ids: tuple[str, ...] = ()
+    spot_strategy: str = ""
+    creation_time: str = ""  # as ECS gives it, e.g. 2026-12-03T08:15Z
+    lock_reasons: tuple[str, ...] = ()  # OperationLocks: "Recycling" once ECS is to reclaim a spot instance
+
+    @property
+    def reclaim_notice(self) -> bool:
+        """Whether ECS has said it will reclaim this spot instance."""
+        return "Recycling" in self.lock_reasons
 
     @property
     def ssh_port(self) -> int:
@@ -145,14 +156,17 @@ def naming(instance_id: str, error: object) -> str:
 class InstanceList(Sequence[Instance]):
     """A fleet of instances, as %ecs_start returns it: indexable, iterable, shown as a table."""
 
-    def __init__(self, instances: Iterable[Instance], *, via: Mapping[str, str] | None = None) -> None:
+    def __init__(self, instances: Iterable[Instance], *, via: Mapping[str, str] | None = None,
+                 costs: Mapping[str, Cost] | None = None) -> None:  # fmt: skip
         self._instances = tuple(instances)
         # instance id -> how this client reaches it (public, private, none), shown as "ssh via"
         self._via = dict(via or {})
+        # instance id -> its hourly price and cost so far, shown as "per_hour" and "so_far"
+        self.costs: dict[str, Cost] = dict(costs or {})
 
     def __getitem__(self, index):  # type: ignore[no-untyped-def]
         if isinstance(index, slice):
-            return InstanceList(self._instances[index], via=self._via)
+            return InstanceList(self._instances[index], via=self._via, costs=self.costs)
         return self._instances[index]
 
     def __len__(self) -> int:
@@ -177,13 +191,26 @@ class InstanceList(Sequence[Instance]):
         rows = [tuple(str(getattr(i, c) or "-") for c in self._COLUMNS) for i in self._instances]
         if self._via:
             rows = [row + (self._via.get(i.instance_id, "-"),) for row, i in zip(rows, self._instances, strict=True)]
+        if self.costs:
+            columns += ("per_hour", "so_far")
+            pairs = zip(rows, self._instances, strict=True)
+            rows = [row + _cost_cells(self.costs.get(i.instance_id)) for row, i in pairs]
         return [columns, *rows]
+
+    @property
+    def per_hour(self) -> str:
+        """What the instances cost per hour in all, e.g. `1.000 CNY/hour`, or "" when not known."""
+        known = [self.costs[i.instance_id] for i in self._instances if i.instance_id in self.costs]
+        if not known:
+            return ""
+        return f"{sum(cost.per_hour for cost in known):.3f} {known[0].currency}/hour"
 
     def __repr__(self) -> str:
         rows = self._table()
+        total = f", {self.per_hour} in all" if self.per_hour else ""
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-        return f"{len(self._instances)} instance(s)\n" + "\n".join(lines)
+        return f"{len(self._instances)} instance(s){total}\n" + "\n".join(lines)
 
     def _repr_html_(self) -> str:
         head, *rows = self._table()
@@ -191,3 +218,9 @@ class InstanceList(Sequence[Instance]):
         body = "".join(f"<tr>{row}</tr>" for row in cells)
         heads = "".join(f"<th>{html.escape(column)}</th>" for column in head)
         return f"<table><thead><tr>{heads}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cost_cells(cost: Cost | None) -> tuple[str, str]:
+    if cost is None:
+        return "-", "-"
+    return f"{cost.per_hour:.3f} {cost.currency}", f"{cost.so_far:.3f} {cost.currency}"

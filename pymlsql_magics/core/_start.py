@@ -62,6 +62,7 @@ class Start:
         self.watch = watch or _no_watch
         self.timeout = spec.start_timeout or fleet.config.start_timeout
         self.created: list[str] = []
+        self.price_each: float | None = None  # what one instance of the current type costs per hour
         self.own_tags = {CREATED_BY: TOOL, **({NAME_TAG: spec.name} if spec.name else {})}
 
     def run(self, *, wait_for_ssh: bool = True) -> list[Instance]:
@@ -75,6 +76,7 @@ class Start:
         if missing > 0:
             if not spec.image_id:
                 raise ConfigError("an image id is needed to create instances", hint="Pass --image-id.")
+            self._priced(spec.instance_types[0], missing)  # a start over its price limit makes nothing
             self.spec = spec = self._placed(spec)
         key_path = None
         if spec.key_pair_name:
@@ -144,6 +146,33 @@ class Start:
                            security_group=network.security_group_id, zone=network.zone_id,
                            need_public_ip=public)  # fmt: skip
         raise self._nowhere(refused, unoffered, error)
+
+    def _priced(self, instance_type: str, amount: int) -> None:
+        """Says what `amount` more instances of the type cost per hour (one DescribePrice), and refuses
+        them when the start's total would pass --max-price-per-hour."""
+        spec, fleet = self.requested, self.fleet
+        already = len(self.created) * (self.price_each or 0.0)
+        try:
+            price = fleet.ecs.price(instance_type, zone=spec.zone, spot_strategy=spec.spot_mode, amount=amount,
+                                    system_disk_category=spec.system_disk_category,
+                                    system_disk_size=spec.system_disk_size)  # fmt: skip
+        except PymlsqlError as error:
+            if spec.max_price_per_hour is not None:
+                error.add_outcome("so --max-price-per-hour could not be checked; nothing was created for it")
+                raise
+            fleet.progress(f"price: unknown ({str(error).splitlines()[0]})")
+            return
+        self.price_each = price.each
+        spot = " spot" if spec.spot_mode in ("SpotAsPriceGo", "SpotWithPriceLimit") else ""
+        fleet.progress(f"price: {amount} x {instance_type}{spot}: {price} ({price.each:.3f} each)")
+        total = already + price.per_hour
+        limit = spec.max_price_per_hour
+        if limit is not None and total > limit:
+            raise ConfigError(
+                f"{len(self.created) + amount} x {instance_type}{spot} would cost {total:.3f} {price.currency}/hour, "
+                f"over --max-price-per-hour {limit:g}",
+                hint="Start fewer or smaller instances, add --spot, or raise --max-price-per-hour.",
+            )
 
     def _nowhere(self, refused: Sequence[Refusal], unoffered: list[NoZoneLeft],
                  error: EcsApiError | None) -> PymlsqlError:  # fmt: skip
@@ -225,6 +254,8 @@ class Start:
                     refused.append(Refusal(spec.instance_type, spec.zone or "", error.code))
                     self.fleet.progress(f"{error.code}: no {spec.instance_type} in {spec.zone} now; looking elsewhere")
                     self.spec = self._placed(spec, refused, error)
+                    if self.spec.instance_type != spec.instance_type:
+                        self._priced(self.spec.instance_type, amount - len(self.created))
                     continue
                 self.created += made
                 if len(made) < batch:

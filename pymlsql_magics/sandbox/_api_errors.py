@@ -46,6 +46,10 @@ _KNOWN: dict[str, tuple[int, str]] = {
         "The requested resource is sold out in the specified zone; try other types of resources or other "
         "regions and zones.",
     ),
+    "InvalidInstanceType.Missing": (404, "The InstanceType is required."),
+    "InvalidSystemDiskCategory.ValueNotSupported": (400, "The specified SystemDisk.Category is not supported."),
+    "InvalidInternetChargeType.ValueNotSupported": (400, "The specified InternetChargeType is not supported."),
+    "InvalidPeriod": (400, "The specified Period is not valid."),
     "IdempotentProcessing": (403, "The previous idempotent request(s) is still processing."),
     "IncorrectInstanceStatus.Initializing": (403, "The specified instance is in initializing status."),
     "InvalidAutoReleaseTime.Malformed": (400, "The specified AutoReleaseTime is not valid."),

@@ -85,6 +85,11 @@ def add_commands(subparsers: argparse._SubParsersAction[Parser]) -> None:
     fault.add_argument("--freeze", metavar="INSTANCE_ID",
                        help="stop all its processes: it answers nothing, like a hung machine")  # fmt: skip
     fault.add_argument("--thaw", metavar="INSTANCE_ID", help="let a frozen instance run again")
+    fault.add_argument("--reclaim", metavar="INSTANCE_ID",
+                       help="reclaim a spot instance as ECS does: OperationLocks Recycling and the metadata's "
+                            "instance/spot/termination-time now, released when the notice is over")  # fmt: skip
+    fault.add_argument("--notice", type=_seconds, default=_NO_FAULT.notice, metavar="SECONDS",
+                       help="with --reclaim: seconds of notice (ECS gives 300; default %(default)s)")  # fmt: skip
     for flag, meaning in (
         ("--initializing", "DeleteInstance(s) of an instance younger than this answers "
                            "IncorrectInstanceStatus.Initializing"),
@@ -309,6 +314,8 @@ def _fault(info: SandboxInfo, args: argparse.Namespace) -> int:
         rotate_host_key=args.rotate_host_key or None,
         freeze=args.freeze or None,
         thaw=args.thaw or None,
+        reclaim=args.reclaim or None,
+        notice=args.notice,
         **{name: getattr(args, name) for name in QUIRKS},
         no_stock=tuple(args.no_stock or ()),
         stock=tuple(args.stock or ()),

@@ -67,6 +67,8 @@ class FaultOrder:
     rotate_host_key: str | None = None
     freeze: str | None = None
     thaw: str | None = None
+    reclaim: str | None = None  # a spot instance: ECS's reclaim notice, then released after `notice`
+    notice: float = 5.0
     initializing: float | None = None  # seconds; see Quirks, 0 undoes it
     idempotent_processing: float | None = None
     describe_lag: float | None = None
@@ -77,6 +79,8 @@ class FaultOrder:
     def __post_init__(self) -> None:
         object.__setattr__(self, "no_stock", tuple(self.no_stock))
         object.__setattr__(self, "stock", tuple(self.stock))
+        if self.notice < 0:
+            raise ValueError(f"notice must be 0 or more seconds, got {self.notice:g}")
         for name, parse in (("no_stock", parse_no_stock), ("stock", parse_stock)):
             for item in getattr(self, name):
                 try:
@@ -137,6 +141,8 @@ class FaultOrder:
             rotate_host_key=text("rotate_host_key"),
             freeze=text("freeze"),
             thaw=text("thaw"),
+            reclaim=text("reclaim"),
+            notice=float(data.get("notice") or defaults.notice),
             **{name: float(data[name]) for name in QUIRKS if data.get(name) is not None},
             no_stock=_texts(data.get("no_stock")),
             stock=_texts(data.get("stock")),
@@ -149,6 +155,7 @@ class FaultOrder:
             ("rotate_host_key", self.rotate_host_key),
             ("freeze", self.freeze),
             ("thaw", self.thaw),
+            ("reclaim", self.reclaim),
         ]
 
 
@@ -194,6 +201,9 @@ def apply(world: World, order: FaultOrder) -> None:
             instance = world.instances.get(instance_id)
             if instance is None or instance.status != "Running":
                 raise ValueError(f"{instance_id} is not a Running instance of this sandbox")
+        if kind == "reclaim":
+            world.reclaim(instance_id, order.notice)
+            continue
         if kind in ("kill_ssh", "rotate_host_key"):
             world.drop_ssh(instance_id, new_host_keys=kind == "rotate_host_key")
             continue

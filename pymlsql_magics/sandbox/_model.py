@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from ._blocks import Blocks
@@ -74,6 +75,10 @@ class Instance:
     auto_release_time: float | None = None
     boot_delay: float = 1.0
     stuck: str | None = None
+    spot_price_limit: float = 0.0
+    spot_duration: int = 1
+    # When ECS reclaims this spot instance (epoch seconds); None while no reclaim is scheduled.
+    reclaim_at: float | None = None
     # Bumped on every operation so a transition scheduled by an older one is ignored.
     operation: int = 0
     new_host_keys: bool = False
@@ -351,6 +356,9 @@ class World(Gate):
                 "image-id": instance.image_id,
                 "instance/instance-type": instance.instance_type,
             }
+            if instance.reclaim_at is not None:  # 404 until a reclaim is scheduled, as on ECS
+                values["instance/spot/termination-time"] = datetime.fromtimestamp(
+                    instance.reclaim_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # fmt: skip
             role = instance.ram_role
             if role:
                 values["ram/security-credentials"] = role
@@ -516,6 +524,24 @@ class World(Gate):
                 instance.events["ssh_ready_at"] = time.time()
         if self.hosts.wire is not None:
             self.hosts.wire.public.refresh(instance_id)  # its public port 22 opens now, not at the next tick
+
+    def reclaim(self, instance_id: str, notice: float) -> None:
+        """Gives a spot instance ECS's reclaim notice, and releases it when the notice is over."""
+        with self.lock:
+            instance = self.instances.get(instance_id)
+            if instance is None or instance.status != "Running":
+                raise ValueError(f"{instance_id} is not a Running instance of this sandbox")
+            if instance.spot_strategy == "NoSpot":
+                raise ValueError(f"{instance_id} is not a spot instance: ECS reclaims only spot instances")
+            instance.reclaim_at = time.time() + notice
+            instance.events["reclaim_notice_at"] = time.time()
+        self.scheduler.after(notice, lambda: self._reclaimed(instance_id))
+
+    def _reclaimed(self, instance_id: str) -> None:
+        with self.lock:
+            instance = self.instances.get(instance_id)
+            if instance is not None and instance.reclaim_at is not None:
+                self.release(instance)
 
     def _auto_release(self, instance_id: str) -> None:
         with self.lock:

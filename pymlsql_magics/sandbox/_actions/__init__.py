@@ -4,7 +4,7 @@ Each resource's actions live in a module of their own and register themselves wi
 (ECS) or `@vpc_action` (the VPC product: VPCs, vSwitches, EIPs).
 """
 
-from . import assistant, catalog, eips, instances, key_pairs, security_groups, tags, vpc
+from . import assistant, catalog, eips, instances, key_pairs, prices, security_groups, tags, vpc
 from .registry import ACTIONS, ECS_VERSION, VPC_VERSION, Context, Handler, action, vpc_action
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "eips",
     "instances",
     "key_pairs",
+    "prices",
     "security_groups",
     "tags",
     "vpc",

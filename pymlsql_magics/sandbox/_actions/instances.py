@@ -63,7 +63,20 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
     size = params.integer("SystemDisk.Size", max(40, image.size_gib), low=20, high=2048)
     spot = params.text("SpotStrategy", "NoSpot") or "NoSpot"
     if spot not in ("NoSpot", "SpotWithPriceLimit", "SpotAsPriceGo"):
-        raise invalid("SpotStrategy")
+        raise ApiError("InvalidSpotStrategy", message="The specified SpotStrategy is not valid.")
+    limit_text = params.text("SpotPriceLimit")
+    limit = 0.0
+    if limit_text is not None:
+        try:
+            limit = float(limit_text)
+        except ValueError:
+            limit = -1.0
+        if spot != "SpotWithPriceLimit" or limit <= 0 or round(limit, 3) != limit:
+            raise ApiError("InvalidSpotPriceLimit", message="The specified SpotPriceLimit is not valid: a price "
+                           "with at most 3 decimals, and only with SpotStrategy SpotWithPriceLimit.")  # fmt: skip
+    duration = params.integer("SpotDuration", 1)
+    if duration not in (0, 1) or (params.text("SpotDuration") is not None and spot == "NoSpot"):
+        raise ApiError("InvalidSpotDuration", message="The specified SpotDuration is not valid: 0 or 1, for spot.")
     charge = params.text("InstanceChargeType", "PostPaid") or "PostPaid"
     if charge not in ("PostPaid", "PrePaid"):
         raise invalid("InstanceChargeType")
@@ -87,6 +100,8 @@ def _launch_settings(ctx: Context, params: Params, region: str) -> dict[str, Any
         "system_disk_category": category,
         "system_disk_size": size,
         "spot_strategy": spot,
+        "spot_price_limit": limit,
+        "spot_duration": duration,
         "charge_type": charge,
         "hostname": hostname,
         "name": name,
@@ -186,6 +201,8 @@ def _new_instance(ctx: Context, region: str, settings: dict[str, Any], index: in
         ssh_port=22 if ctx.world.hosts.full else _free_port(private_ip),
         user_data=settings["user_data"],
         spot_strategy=settings["spot_strategy"],
+        spot_price_limit=settings["spot_price_limit"],
+        spot_duration=settings["spot_duration"],
         charge_type=settings["charge_type"],
         system_disk_category=settings["system_disk_category"],
         system_disk_size=settings["system_disk_size"],
@@ -404,9 +421,11 @@ def _instance_out(instance: Instance, eip: Eip | None) -> dict[str, Any]:
         "StartTime": ecs_time(instance.start_time),
         "ExpiredTime": "2099-12-31T15:59Z",
         "AutoReleaseTime": ecs_time(instance.auto_release_time),
-        "OperationLocks": {"LockReason": []},
+        "OperationLocks": {"LockReason": _locks(instance)},
         "InstanceChargeType": instance.charge_type,
         "SpotStrategy": instance.spot_strategy,
+        "SpotPriceLimit": instance.spot_price_limit,
+        "SpotDuration": instance.spot_duration if instance.spot_strategy != "NoSpot" else 0,
         "InternetChargeType": "PayByTraffic",
         "InternetMaxBandwidthIn": instance.bandwidth_in,
         "InternetMaxBandwidthOut": instance.bandwidth_out,
@@ -443,6 +462,13 @@ def _instance_out(instance: Instance, eip: Eip | None) -> dict[str, Any]:
         "SystemDiskSize": instance.system_disk_size,
         "Platform": image.owner_alias,
     }
+
+
+def _locks(instance: Instance) -> list[dict[str, str]]:
+    if instance.reclaim_at is None:
+        return []
+    return [{"LockReason": "Recycling", "LockMsg": "The spot instance is to be reclaimed at "
+             + datetime.fromtimestamp(instance.reclaim_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}]  # fmt: skip
 
 
 def _mac(instance_id: str) -> str:
