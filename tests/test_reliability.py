@@ -5,6 +5,7 @@ after a kernel restart, and load."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -325,6 +326,7 @@ def test_a_kernel_restart_leaves_nothing_unnoticed(cleared: Sandbox, home: Path,
         left = ids_named(cleared, name)
         assert len(left) == 2 and all(instance_id in said for instance_id in left), said
         assert "still there" in said and "%ecs_stop --all" in said
+        assert re.search(r"costing \d+\.\d{3} CNY/hour", said), said
         reply, messages = execute(client, "%ecs_stop --all")
         assert reply["status"] == "ok", reply
     finally:

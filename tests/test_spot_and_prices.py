@@ -241,3 +241,62 @@ def test_list_and_the_magics_show_each_instance_price_and_cost_so_far(
         for variable in cleared.environment():
             os.environ.pop(variable, None)
     assert pymlsql(env, "stop", "--name", name).returncode == 0
+
+
+def test_a_script_ended_by_a_reclaim_fails_with_that_reason_on_both_faces(
+    cleared: Sandbox, env: dict[str, str], home: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import threading
+    import time
+
+    from .helpers import PYMLSQL, hinted_error
+
+    name = unique("reclaimed")
+    done = pymlsql(env, "start", "--image-id", DEBIAN, "--name", name, "--count", "2", "--spot",
+                   "--key-pair-name", name, "--init-ssh-key", "true")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doomed, kept = started_ids(done)
+    script = tmp_path / "long.sh"
+    # Only the doomed instance runs long: the command ends when its instance goes, not 45 s later.
+    script.write_text(f'echo started\ncase "$(hostname)" in *{doomed[2:]}*) sleep 45;; esac\necho finished\n')
+    state = ["--state-dir", str(cleared.state_dir)]
+
+    def reclaim_soon() -> None:
+        time.sleep(2)
+        pymlsql(env, "sandbox", "fault", *state, "--reclaim", doomed, "--notice", "6")
+
+    threading.Thread(target=reclaim_soon, daemon=True).start()
+    began = time.monotonic()
+    ran = subprocess.run([PYMLSQL, "exec-shell", "--instance-id", doomed, kept, "--script-file", str(script)],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    took = time.monotonic() - began
+
+    first, hint = hinted_error(ran)
+    assert f"{doomed} was reclaimed at " in ran.stderr and "what ran on it ended with it" in ran.stderr, ran.stderr
+    assert re.search(rf"\[{doomed}\] pymlsql: reclaimed at \d\d:\d\d:\d\d", ran.stderr), ran.stderr
+    assert first.startswith(f"pymlsql: error: {doomed} was reclaimed at "), first
+    assert f"[{kept}] finished" in ran.stdout and f"[{doomed}] finished" not in ran.stdout, ran.stdout
+    assert "same --name" in ran.stderr
+    assert took < 45, took  # it fails when the instance goes, not when the script would have ended
+
+    # The magics' panel of a reclaimed instance says so, from its fleet variable.
+    shell = magics_shell(home, key_dir=home / ".ssh")
+    os.environ.update(cleared.environment())
+    try:
+        shell.run_line_magic("ecs_start", f"--image-id {DEBIAN} --name {name} --count 2 --spot "
+                                          f"--key-pair-name {name}")  # fmt: skip
+        fleet = shell.run_line_magic("ecs_list", f"--name {name}")
+        shell.user_ns["spot_fleet"] = fleet
+        target = next(i.instance_id for i in fleet if i.instance_id != kept)
+        threading.Thread(target=lambda: (time.sleep(2), cleared.fault({"reclaim": target, "notice": 4})),
+                         daemon=True).start()  # fmt: skip
+        from IPython.core.error import UsageError
+
+        with pytest.raises(UsageError) as caught:
+            shell.run_cell_magic("ecs_exec", "spot_fleet", f'case "$(hostname)" in *{target[2:]}*) sleep 45;; esac\n')
+        assert f"{target} was reclaimed at " in str(caught.value), caught.value
+    finally:
+        for variable in cleared.environment():
+            os.environ.pop(variable, None)
+    assert pymlsql(env, "stop", "--name", name).returncode == 0

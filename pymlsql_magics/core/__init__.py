@@ -19,9 +19,11 @@ from ._launch import SETTINGS, LaunchSpec, Setting, launch_spec, parse_flag, par
 from ._network import Network
 from ._network_inventory import ToolNetwork, network_as_json, network_line
 from ._output import ConsoleSink, LogSink, NullSink, OutputSink, StreamDecoder, StreamName, TeeSink
+from ._reclaims import InstanceReclaimedError
 from ._results import CopyResult, ExecResult, FleetResult, Instance, InstanceList, naming
 
 __all__ = [
+    "InstanceReclaimedError",
     "Cost",
     "Price",
     "CREATED_BY",

@@ -25,6 +25,7 @@ from ._launch import LaunchSpec
 from ._network import CREATED_BY, TOOL
 from ._network_inventory import ToolNetwork, delete_networks, tool_networks
 from ._output import NullSink, OutputSink
+from ._reclaims import ReclaimWatch
 from ._results import CopyResult, ExecResult, FleetResult, Instance
 from ._ssh import SshConnection
 from ._ssh_keys import PrivateKey, load_private_key
@@ -222,7 +223,8 @@ class Fleet:
             return ExecResult(instance.instance_id, script, status, stdout, stderr, time.monotonic() - started,
                               truncated=truncated)  # fmt: skip
 
-        result = FleetResult(self.parallel(list(instances), run_one, cancel=cancel))
+        with ReclaimWatch(self.ecs, instances, sink=sink) as reclaims:
+            result = FleetResult(self.parallel(list(instances), reclaims.guarded(run_one), cancel=cancel))
         if check and result.failed:
             raise FleetError(result.summary("the script"), result=result, hint=result.first_hint)
         return result
@@ -279,7 +281,8 @@ class Fleet:
             connection, report = self._copy_session(instance, key_pair_name, public, progress)
             return upload(connection, source, target, user=user, progress=report, cancel=cancel)
 
-        result = FleetResult(self.parallel(list(instances), copy_one, cancel=cancel))
+        with ReclaimWatch(self.ecs, instances) as reclaims:
+            result = FleetResult(self.parallel(list(instances), reclaims.guarded(copy_one), cancel=cancel))
         if check and result.failed:
             raise FleetError(result.summary("the copy"), result=result, hint=result.first_hint)
         return result
@@ -321,7 +324,8 @@ class Fleet:
             return download(connection, source, destination, user=user, progress=report, cancel=cancel)
 
         if isinstance(instances, Instance):
-            return copy_one(instances, target)
+            with ReclaimWatch(self.ecs, [instances]) as reclaims:
+                return reclaims.guarded(lambda i: copy_one(i, target))(instances)
 
         def into_own_folder(instance: Instance) -> CopyResult:
             folder = Path(target).expanduser() / instance.instance_id
@@ -329,9 +333,9 @@ class Fleet:
             return copy_one(instance, str(folder))
 
         several = len(instances) > 1
-        result: FleetResult[CopyResult] = FleetResult(
-            self.parallel(list(instances), into_own_folder if several else lambda i: copy_one(i, target), cancel=cancel)
-        )
+        with ReclaimWatch(self.ecs, instances) as reclaims:
+            work = reclaims.guarded(into_own_folder if several else lambda i: copy_one(i, target))
+            result: FleetResult[CopyResult] = FleetResult(self.parallel(list(instances), work, cancel=cancel))
         if check and result.failed:
             raise FleetError(result.summary("the copy"), result=result, hint=result.first_hint)
         return result
