@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stop(commands, common)
     _add_exec_shell(commands, common, ssh)
     _add_copies(commands, common, ssh)
+    _add_forward(commands, common, ssh)
     listing = commands.add_parser("list", parents=[common], help="list the instances this tool created")
     listing.add_argument("--name", help="only those of this name")
     listing.add_argument("--output", choices=["text", "json"], default="text")
@@ -141,6 +143,32 @@ def _add_copies(commands: argparse._SubParsersAction[_Parser], common: _Parser, 
         copy.add_argument("--target", required=True, help="where to put it")
 
 
+def _add_forward(commands: argparse._SubParsersAction[_Parser], common: _Parser, ssh: _Parser) -> None:
+    forward = commands.add_parser(
+        "forward", parents=[common, ssh], help="carry a local port to a port of an instance, until Ctrl-C",
+        description="Listen on 127.0.0.1:LOCAL_PORT and carry each connection through the instance's SSH "
+        "connection (pinned host key) to REMOTE_HOST:REMOTE_PORT as the instance sees it: no security-group "
+        "rule, nothing listening but on this machine's loopback. Prints the URL, then runs until Ctrl-C.",
+    )  # fmt: skip
+    forward.add_argument("--instance-id", required=True, metavar="ID", help="the instance to go through")
+    forward.add_argument("--remote-port", required=True, type=_port, metavar="PORT",
+                         help="the port on the instance (or on --remote-host)")  # fmt: skip
+    forward.add_argument("--local-port", type=_port, metavar="PORT", help="the local port (default: a free one)")
+    forward.add_argument("--remote-host", default="127.0.0.1", metavar="HOST",
+                         help="where the instance connects to (default: itself; a peer's private address "
+                              "reaches that peer)")  # fmt: skip
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {port}")
+    return port
+
+
 def _add_network(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
     network = commands.add_parser("network", help="show or delete the VPC, vSwitches and group this tool made",
                                   description="A start without --vswitch-id / --security-group uses the network "
@@ -185,6 +213,7 @@ def _run(args: argparse.Namespace) -> int:
             "copy-from-local": _copy_from_local,
             "copy-to-local": _copy_to_local,
             "list": _list,
+            "forward": _forward,
             "network": _network,
         }[args.command]
         return handler(fleet, args)
@@ -328,6 +357,24 @@ def _cost_json(cost: Cost | None) -> dict[str, Any]:
         return {}
     return {"price_per_hour": round(cost.per_hour, 4), "cost_so_far": round(cost.so_far, 4),
             "currency": cost.currency}  # fmt: skip
+
+
+def _forward(fleet: Fleet, args: argparse.Namespace) -> int:
+    [instance] = fleet.get([args.instance_id])
+    forward = fleet.forward(instance, args.remote_port, args.local_port, remote_host=args.remote_host,
+                            key_pair_name=_key_pair(args), public=args.need_public_ip)  # fmt: skip
+    print(forward.url, flush=True)  # on stdout, for a script to read
+    where = "" if args.remote_host == "127.0.0.1" else f"{args.remote_host}:"
+    _say(f"forwarding {forward.url} to {where}{args.remote_port} on {instance.instance_id}; Ctrl-C stops it")
+    try:
+        while not forward.closed:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass  # the way a foreground forward is meant to end
+    finally:
+        forward.close()
+    _say("forward closed")
+    return 0
 
 
 def _network(fleet: Fleet, args: argparse.Namespace) -> int:

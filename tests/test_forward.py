@@ -110,3 +110,49 @@ def test_the_magic_opens_lists_and_stops_forwards(
         assert "nothing answers on 127.0.0.1:8099" in str(result.error_in_exec)
     finally:
         shell.user_ns.clear()
+
+
+# -- pymlsql forward: the same, from a shell -----------------------------------------------------
+
+
+def test_pymlsql_forward_carries_a_port_until_ctrl_c_and_refuses_bad_ports(sandbox: Sandbox, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from .helpers import PYMLSQL, environment, hinted_error, pymlsql
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    env = environment(sandbox, home)
+    name = unique("cli-fwd")
+    done = pymlsql(env, "start", "--image-id", DEBIAN, "--name", name, "--key-pair-name", name,
+                   "--init-ssh-key", "true")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [instance_id] = [line.split(":", 1)[1] for line in done.stdout.splitlines() if line.startswith("instance_id:")]
+    try:
+        script = tmp_path / "serve.sh"
+        script.write_text(SERVE.format(port=8081) + "\n")
+        served = pymlsql(env, "exec-shell", "--instance-id", instance_id, "--script-file", str(script))
+        assert served.returncode == 0, served.stderr
+
+        with subprocess.Popen([PYMLSQL, "forward", "--instance-id", instance_id, "--remote-port", "8081"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
+            assert process.stdout is not None
+            url = process.stdout.readline().strip()
+            assert url.startswith("http://127.0.0.1:") and url.endswith("/"), url
+            assert page(url).startswith("hello-from-")
+            process.send_signal(signal.SIGINT)
+            _, said = process.communicate(timeout=30)
+        assert process.returncode == 0, said
+        assert f"forwarding {url} to 8081 on {instance_id}; Ctrl-C stops it" in said and "forward closed" in said
+        with pytest.raises(OSError):
+            page(url)
+
+        nobody = pymlsql(env, "forward", "--instance-id", instance_id, "--remote-port", "8099")
+        first, hint = hinted_error(nobody, exit_code=1)
+        assert f"nothing answers on 127.0.0.1:8099 as seen from {instance_id}" in first and "listening" in hint
+        for flag, value in (("--remote-port", "70000"), ("--local-port", "0"), ("--remote-port", "http")):
+            bad = pymlsql(env, "forward", "--instance-id", instance_id, "--remote-port", "8081", flag, value)
+            assert bad.returncode == 2 and "a port is a number from 1 to 65535" in bad.stderr, bad.stderr
+    finally:
+        assert pymlsql(env, "stop", "--name", name).returncode == 0
