@@ -126,6 +126,11 @@ def _add_exec_shell(commands: argparse._SubParsersAction[_Parser], common: _Pars
     exec_shell.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the script after this long")
     exec_shell.add_argument("--env", action="append", metavar="KEY=VALUE",
                             help="environment variable exported to the script; repeatable")  # fmt: skip
+    exec_shell.add_argument("--once", action="store_true",
+                            help="skip instances where this exact script (with its user and env) already "
+                                 "succeeded, as recorded on the instance")  # fmt: skip
+    exec_shell.add_argument("--force", action="store_true",
+                            help="run it even where --once would skip it, and record the success")  # fmt: skip
 
 
 def _add_copies(commands: argparse._SubParsersAction[_Parser], common: _Parser, ssh: _Parser) -> None:
@@ -298,9 +303,14 @@ def _exec_shell(fleet: Fleet, args: argparse.Namespace) -> int:
             public=args.need_public_ip,
             cancel=cancel,
             env=env,
+            once=args.once,
+            force=args.force,
         )
     finally:
         sink.flush()
+    for instance_id, outcome in result.items():
+        if isinstance(outcome, ExecResult) and outcome.done_at:
+            _say(f"{instance_id}: already done (at {outcome.done_at}); --force runs it again")
     if result.errors:
         reasons = "; ".join(naming(instance_id, error) for instance_id, error in result.errors.items())
         raise FleetError(reasons, result=result, hint=result.first_hint)

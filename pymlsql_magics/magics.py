@@ -233,6 +233,9 @@ class EcsMagics(Magics, Settings):
               help="Connect through the public IPs (default: public from outside the instances' VPC, "
                    "private inside it).")  # fmt: skip
     @argument("--pty", action="store_true", help="Run on a terminal (for programs that need one); merges stderr.")
+    @argument("--once", action="store_true", help="Skip instances where this exact cell (with its --user and "
+              "--env) already succeeded; a re-run after a failure runs it only where it failed.")
+    @argument("--force", action="store_true", help="Run it even where --once would skip it; record the success.")
     def ecs_exec(self, line: str, cell: str) -> None:
         """Run the cell as a bash script on each instance, streaming its output live."""
         args = _parse(self.ecs_exec, line)
@@ -253,7 +256,8 @@ class EcsMagics(Magics, Settings):
             try:
                 result = fleet.exec(instances, cell, user=args.user or self.default_user, sink=sink,
                                     timeout=args.timeout, check=False, key_pair_name=self.key_pair_name or None,
-                                    public=args.public, cancel=cancel, pty=args.pty, env=env)  # fmt: skip
+                                    public=args.public, cancel=cancel, pty=args.pty, env=env, once=args.once,
+                                    force=args.force)  # fmt: skip
             except KeyboardInterrupt:
                 view.finish(None, interrupted=True)
                 raise

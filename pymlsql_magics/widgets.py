@@ -175,6 +175,8 @@ class ExecView(_TextRecord, widgets.VBox):
 
 def _describe(outcome: object, interrupted: bool) -> str:
     if isinstance(outcome, ExecResult):
+        if outcome.done_at:
+            return f"already done (at {outcome.done_at})"
         return f"exit {outcome.exit_status} · {outcome.duration:.1f} s"
     if outcome is None:
         return "interrupted" if interrupted else "not run"

@@ -24,6 +24,7 @@ from ._known_hosts import KnownHosts
 from ._launch import LaunchSpec
 from ._network import CREATED_BY, TOOL
 from ._network_inventory import ToolNetwork, delete_networks, tool_networks
+from ._once import done_at, once_key, record
 from ._output import NullSink, OutputSink
 from ._reclaims import ReclaimWatch
 from ._results import CopyResult, ExecResult, FleetResult, Instance
@@ -196,6 +197,8 @@ class Fleet:
         cancel: threading.Event | None = None,
         pty: bool = False,
         env: Mapping[str, str] | None = None,
+        once: bool = False,
+        force: bool = False,
     ) -> FleetResult[ExecResult]:
         """Runs `script` with bash on every instance as `user`, in parallel, streaming to `sink`.
 
@@ -203,6 +206,8 @@ class Fleet:
         With `pty` each script runs on a terminal (its stderr then arrives merged into stdout).
         `env` variables are exported to the script (sshd would refuse most of them as SSH's own
         environment requests).
+        With `once`, an instance where this exact script (with its user and env) already succeeded
+        skips it (its ExecResult says `done_at`); `force` runs it anyway. Either records a success.
 
         Returns a FleetResult of ExecResult (or the error of an instance that could not run it).
         With `check`, raises FleetError if any instance failed or exited non-zero.
@@ -210,16 +215,23 @@ class Fleet:
         sink = sink or NullSink()
         cancel = cancel or threading.Event()
         sent = _exports(env or {}) + script
+        recorded = once_key(script, user, env or {}) if once or force else None
 
         def run_one(instance: Instance) -> ExecResult:
             self._require_running(instance)
             key = self._key_path(instance, key_pair_name)
             connection = self.connection(instance, key, public=public)
+            if recorded and not force:
+                when = done_at(connection, recorded, user)
+                if when:
+                    return ExecResult(instance.instance_id, script, 0, "", "", 0.0, done_at=when)
             started = time.monotonic()
             status, stdout, stderr, truncated = connection.run(
                 sent, user=user, sink=sink, timeout=timeout, cancel=cancel, pty=pty,
                 keep=self.config.exec_output_limit,
             )  # fmt: skip
+            if recorded and status == 0:
+                record(connection, recorded, user)
             return ExecResult(instance.instance_id, script, status, stdout, stderr, time.monotonic() - started,
                               truncated=truncated)  # fmt: skip
 

@@ -70,6 +70,8 @@ class ExecResult:
     stderr: str
     duration: float
     truncated: bool = False
+    # With --once: when this exact script had already succeeded there (it was not run again).
+    done_at: str | None = None
 
     @property
     def ok(self) -> bool:
