@@ -166,12 +166,9 @@ def _add_forward(commands: argparse._SubParsersAction[_Parser], common: _Parser,
 
 def _port(text: str) -> int:
     try:
-        port = int(text)
+        return int(text)  # its range is the core's to check, as for %ecs_forward
     except ValueError:
         raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {port}")
-    return port
 
 
 def _add_network(commands: argparse._SubParsersAction[_Parser], common: _Parser) -> None:

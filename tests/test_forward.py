@@ -156,3 +156,15 @@ def test_pymlsql_forward_carries_a_port_until_ctrl_c_and_refuses_bad_ports(sandb
             assert bad.returncode == 2 and "a port is a number from 1 to 65535" in bad.stderr, bad.stderr
     finally:
         assert pymlsql(env, "stop", "--name", name).returncode == 0
+
+
+def test_a_port_out_of_range_is_refused_by_the_core_and_the_magic(served: tuple[Fleet, Instance]) -> None:
+    from pymlsql_magics.core import ConfigError
+
+    fleet, instance = served
+    with pytest.raises(ConfigError) as raised:
+        fleet.forward(instance, 70000)
+    assert str(raised.value).startswith("the remote port 70000 is not a port: a port is a number from 1 to 65535")
+    with pytest.raises(ConfigError, match="the local port 0 is not a port"):
+        fleet.forward(instance, 8080, 0)
+    assert fleet.forwards() == []

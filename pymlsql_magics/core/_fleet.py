@@ -18,7 +18,7 @@ from ._costs import Cost, Price, PriceKey, costs, price_key
 from ._ecs import EcsClient
 from ._errors import ConfigError, FleetError, InstanceStateError, PymlsqlError, WaitTimeoutError
 from ._face import PYTHON, Face
-from ._forward import Forward
+from ._forward import Forward, check_port
 from ._host_key_sources import console_fingerprints
 from ._known_hosts import KnownHosts
 from ._launch import LaunchSpec
@@ -252,6 +252,9 @@ class Fleet:
 
         The forward lives until its `.close()`, or this Fleet's close().
         """
+        check_port(remote_port, "the remote port")
+        if local_port is not None:
+            check_port(local_port, "the local port")
         self._require_running(instance)
         key = self._key_path(instance, key_pair_name)
         forward = Forward(instance.instance_id, remote_host, remote_port,

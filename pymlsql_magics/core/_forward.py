@@ -13,10 +13,18 @@ from collections.abc import Callable
 
 import paramiko
 
-from ._errors import PymlsqlError
+from ._errors import ConfigError, PymlsqlError
 from ._ssh import SshConnection
 
 _CHUNK = 1 << 16
+
+
+def check_port(port: int, flag: str) -> int:
+    """`port` if it is one (1 to 65535); else ConfigError naming the flag and the value."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{flag} {port} is not a port: a port is a number from 1 to 65535",
+                          hint=f"e.g. {flag} 8080")  # fmt: skip
+    return port
 
 
 class Forward:
