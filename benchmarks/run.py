@@ -9,7 +9,8 @@ OpenSSH `ssh` to every instance in parallel, through ControlMaster connections f
 ones), copies of one big file and of a tree of small files both ways (reference: OpenSSH `scp`
 and `scp -r` to the same instance), the delay from the sandbox's "SSH ready" to Fleet.start
 returning, DescribeInstances calls per poll, peak memory while a script prints 1 GiB, and a
-100-instance start. Timed figures are the median of 3 runs. These rows compare tools on one path,
+100-instance start, and how long `pymlsql --help` and `pymlsql sandbox status` take to start (row
+11, beside the interpreter's own start). Timed figures are the median of 3 runs. These rows compare tools on one path,
 so their sandbox runs with `--bandwidth-caps off` (as root the path is still the public address's
 relay into the instance's own network). Rows 9 and 10 measure the caps themselves: an instance's
 InternetMaxBandwidthOut/In, and a modelled client link shared by two uploads.
@@ -156,6 +157,7 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
         started_at = time.time()
         instances = fleet.start(image_id="m-sandbox-webuser", count=count, key_pair_name="bench",
                                 init_ssh_key=True)  # fmt: skip
+        rows += _startup_rows(sandbox, repeats)
         log = sandbox.log()
         polls = [r for r in log["requests"] if r["action"] == "DescribeInstances" and r["time"] >= started_at]
         mentioned = {len(r["instance_ids"]) for r in polls}
@@ -211,6 +213,24 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
     if os.geteuid() == 0:  # the caps exist only where the sandbox enforces its network
         rows += _bandwidth_rows(work, timings, sizes)
     return sorted(rows, key=lambda row: row.number)
+
+
+def _startup_rows(sandbox: Sandbox, repeats: int) -> list[Row]:
+    """Row 11: how long the command line takes to start, beside the interpreter's own start."""
+    pymlsql = str(Path(sys.executable).parent / "pymlsql")
+
+    def wall(*argv: str) -> float:
+        return _median_of(max(5, repeats), lambda _: subprocess.run(argv, capture_output=True, check=False))
+
+    python = wall(sys.executable, "-c", "pass")
+    rows = []
+    for what, argv in (("pymlsql --help", [pymlsql, "--help"]),
+                       ("pymlsql sandbox status", [pymlsql, "sandbox", "status", "--state-dir",
+                                                   str(sandbox.state_dir)])):  # fmt: skip
+        took = wall(*argv)
+        rows.append(Row(11, f"{what}: wall time, median of {max(5, repeats)}", took, "s",
+                        f"python3 -c pass {python:.2f} s", "<= 0.25 s", took <= 0.25))  # fmt: skip
+    return rows
 
 
 def _within(rate: float, cap: float) -> bool:

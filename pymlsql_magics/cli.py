@@ -14,31 +14,17 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, sandbox
-from ._embedded import with_sandbox_fallback
-from .core import (
-    ConfigError,
-    ConsoleSink,
-    Cost,
-    EcsConfig,
-    ExecResult,
-    Face,
-    Fleet,
-    FleetError,
-    FleetResult,
-    Instance,
-    PymlsqlError,
-    launch_spec,
-    naming,
-    network_as_json,
-    network_line,
-    parse_flag,
-    parse_pairs,
-    start_arguments,
-)
+
+# Only what every command needs, so `pymlsql --help` starts at once: the SDK, SSH and the rest of
+# the core are imported by the commands that use them.
+from .core import ConfigError, Face, FleetError, PymlsqlError, launch_spec, parse_flag, parse_pairs, start_arguments
 from .sandbox import SandboxError
+
+if TYPE_CHECKING:
+    from .core import Cost, Fleet, Instance
 
 _FACE = Face(list="pymlsql list", reuse="pymlsql start --instance-id {instance_id}", user_flag="--execute-user",
              networks="pymlsql network list", release="pymlsql stop --instance-id {instance_ids}")  # fmt: skip
@@ -206,6 +192,9 @@ def _say(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ._embedded import with_sandbox_fallback
+    from .core import EcsConfig, Fleet
+
     config = with_sandbox_fallback(EcsConfig.from_env(region_id=args.region), _say)
     with Fleet(config, progress=_say, face=_FACE) as fleet:
         handler = {
@@ -277,6 +266,8 @@ def _stop(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 def _exec_shell(fleet: Fleet, args: argparse.Namespace) -> int:
+    from .core import ConsoleSink, ExecResult, naming
+
     ids = [instance_id for group in args.instance_id for instance_id in group]
     try:
         script = Path(args.script_file).read_text()
@@ -331,6 +322,8 @@ def _copy_from_local(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 def _copy_to_local(fleet: Fleet, args: argparse.Namespace) -> int:
+    from .core import FleetResult
+
     ids = list(dict.fromkeys(instance_id for group in args.instance_id for instance_id in group))
     instances = fleet.get(ids)
     outcome = fleet.copy_from(instances[0] if len(instances) == 1 else instances, args.source, args.target,
@@ -385,6 +378,8 @@ def _forward(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 def _network(fleet: Fleet, args: argparse.Namespace) -> int:
+    from .core import network_as_json, network_line
+
     if args.network_command == "delete":
         deleted = fleet.delete_networks(args.vpc_id)
         _say(f"deleted {len(deleted)} network resource(s)" if deleted else "this tool has no network to delete")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from . import _state
+from ._control import CONTROL_KEY_HEADER, CONTROL_PREFIX
 from ._errors import SandboxControlError
 from ._faults import FaultOrder
-from ._http import CONTROL_KEY_HEADER, CONTROL_PREFIX
 from ._state import SandboxInfo
 
 _LAUNCHER = (

@@ -11,6 +11,7 @@ REGIONS = {
     "ap-southeast-1": "新加坡",
 }
 ZONE_SUFFIXES = ("h", "i", "k")
+DEFAULT_REGION = "cn-hangzhou"
 
 
 def zones(region_id: str) -> list[str]:

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _background
+from ._catalog import DEFAULT_REGION
 from ._errors import SandboxControlError, SandboxError
 from ._faults import QUIRKS, STUCK_STATUSES, FaultOrder
-from ._hosts import find_sshd, full_fidelity, inside_command, machine_pid
-from ._model import Timings
-from ._sandbox import DEFAULT_REGION, Sandbox, SandboxWarning
 from ._state import SandboxInfo, state_dir_or_default
 from ._stock import parse_no_stock, parse_stock
 from ._throttle import parse_link
+from ._timings import Timings
 
 _DEFAULTS = Timings()
 _NO_FAULT = FaultOrder()
@@ -196,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
     state_dir = state_dir_or_default(args.state_dir)
     command = args.sandbox_command
     if command in ("start", "serve"):
+        from ._hosts import find_sshd, full_fidelity  # the machine's tools: only to make instances
+
         find_sshd()
         if not full_fidelity():
             print(
@@ -248,6 +249,7 @@ def _serve_args(args: argparse.Namespace) -> list[str]:
 
 
 def _serve(args: argparse.Namespace, state_dir: Path) -> int:
+    from ._sandbox import Sandbox, SandboxWarning  # the whole sandbox, only to serve it
     if _background.read_info(state_dir) is not None:
         raise SandboxControlError(
             f"a sandbox already runs for {state_dir}.",
@@ -289,6 +291,8 @@ def _run_inside(info: SandboxInfo, args: argparse.Namespace) -> int:
             "this sandbox runs without root, so its instances have no network or files of their own to enter.",
             hint="start it as root (sudo) to run commands inside instances.",
         )
+    from ._hosts import inside_command, machine_pid
+
     pid = machine_pid(info.state_dir, args.instance_id)
     if pid is None:
         raise SandboxControlError(

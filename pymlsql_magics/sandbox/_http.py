@@ -9,12 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from ._control import CONTROL_KEY_HEADER, CONTROL_PREFIX
 from ._dispatch import LOST, handle_api
 from ._faults import FaultOrder
 from ._model import World
-
-CONTROL_KEY_HEADER = "x-sandbox-key"
-CONTROL_PREFIX = "/_sandbox/"
 
 
 class Served(Protocol):

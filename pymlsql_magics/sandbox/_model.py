@@ -29,18 +29,8 @@ from ._hosts import BootSpec, Hosts
 from ._relay import Gate
 from ._stock import Stock
 from ._sts import RoleCredentialStore
+from ._timings import Timings
 from ._wire import Attachment
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Seconds each transition takes; `auto_release_lead` is how far ahead AutoReleaseTime must be."""
-
-    pending: float = 1.0
-    starting: float = 1.0
-    stopping: float = 1.0
-    boot: float = 1.0
-    auto_release_lead: float = 30 * 60
 
 
 @dataclass

@@ -14,14 +14,15 @@ from typing import Any
 from . import _faults, _http, _state
 from ._api_door import ApiDoors
 from ._blocks import Blocks
+from ._catalog import DEFAULT_REGION
 from ._errors import SandboxBusyError
 from ._faults import FaultOrder
 from ._hosts import Hosts, full_fidelity
-from ._model import Timings, World
+from ._model import World
 from ._state import SandboxInfo, default_state_dir
+from ._timings import Timings
 from ._wire import Wire
 
-DEFAULT_REGION = "cn-hangzhou"
 DEGRADED_NETWORK = (
     "the sandbox is not running as root: network rules are not enforced (private addresses are "
     "reachable from this machine, security groups and bandwidth caps are not applied)."

@@ -14,8 +14,6 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._hosts import kill_leftovers
-
 _SERVER = "server.json"
 _CREDENTIALS = "credentials.json"
 
@@ -114,6 +112,8 @@ def recorded_pid(state_dir: Path) -> int:
 
 def forget_dead(state_dir: Path) -> None:
     """Ends machines a dead sandbox left behind and forgets its instances."""
+    from ._hosts import kill_leftovers  # machines' tools, needed only when cleaning up
+
     kill_leftovers(state_dir)
     shutil.rmtree(state_dir / "instances", ignore_errors=True)
     forget_server(state_dir)
