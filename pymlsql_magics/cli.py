@@ -218,14 +218,16 @@ def _start(fleet: Fleet, args: argparse.Namespace) -> int:
     spec = launch_spec(vars(args), {"key_pair_name": _key_pair(args)})
     if not spec.image_id and not spec.instance_ids and not spec.name:
         raise ConfigError("nothing to start", hint="Pass --image-id (or --instance-id to reuse an instance).")
-    _print_instances(fleet.start(spec), args.output)
+    instances = fleet.start(spec)
+    if args.output == "json":
+        costs = fleet.costs(instances)
+        print(json.dumps([{**_as_json(i), **_cost_json(costs.get(i.instance_id))} for i in instances], indent=2))
+        return 0
+    _print_instances(instances)
     return 0
 
 
-def _print_instances(instances: list[Instance], output: str) -> None:
-    if output == "json":
-        print(json.dumps([_as_json(instance) for instance in instances], indent=2))
-        return
+def _print_instances(instances: list[Instance]) -> None:
     for instance in instances:
         print(f"instance_id:{instance.instance_id}")
         print(f"public_ip:{instance.public_ip}")

@@ -123,6 +123,7 @@ def test_start_by_instance_id_reuses_it_and_prints_json(
         master["intern"],
     )
     assert item["status"] == "Running" and item["tags"]["team"] == "cli"
+    assert item["currency"] == "CNY" and item["price_per_hour"] > 0 and item["cost_so_far"] >= 0
     assert requests_since(sandbox, mark, "RunInstances") == []
 
 
