@@ -22,7 +22,7 @@ from alibabacloud_vpc20160428 import models as vpc
 from alibabacloud_vpc20160428.client import Client as VpcClient
 from IPython.core.interactiveshell import InteractiveShell
 
-from pymlsql_magics.sandbox import Sandbox
+from pymlsql_magics.sandbox import Sandbox, Timings
 
 T = TypeVar("T")
 _counter = itertools.count()
@@ -304,3 +304,36 @@ def magics_shell(folder: Path, *, key_dir: Path | None = None) -> InteractiveShe
     magics.log_dir = str(folder / "logs")
     magics.start_timeout = 60.0
     return ipython
+
+
+# -- a module's own sandbox, and what its log and world say ------------------------------------
+
+
+def own_sandbox(folder: Path, timings: Timings) -> Iterator[Sandbox]:
+    """A fixture body: a sandbox of the module's own in `folder`, which must end with no instance."""
+    with Sandbox(folder, timings=timings).start() as running:
+        yield running
+        left = running.status()["instances"]
+        assert not left, f"instances left behind: {left}"
+
+
+def home_folder(folder: Path) -> Path:
+    """A user's home for the CLI and the magics: `folder`, with a private ~/.ssh."""
+    (folder / ".ssh").mkdir(mode=0o700)
+    return folder
+
+
+def codes(sandbox: Sandbox, action: str, since: int) -> list[str]:
+    """The codes the sandbox answered `action` with since request number `since`."""
+    return [r["code"] for r in sandbox.log()["requests"][since:] if r["action"] == action]
+
+
+def ids_named(sandbox: Sandbox, name: str) -> list[str]:
+    assert sandbox.world is not None
+    with sandbox.world.lock:
+        return [i.instance_id for i in sandbox.world.instances.values() if i.name == name]
+
+
+def started_ids(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """The ids `pymlsql start` printed, as PyMLSQL's scripts read them."""
+    return [line.split(":", 1)[1] for line in done.stdout.splitlines() if line.startswith("instance_id:")]

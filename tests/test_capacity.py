@@ -20,43 +20,38 @@ from pymlsql_magics.core import EcsConfig, Fleet, PymlsqlError, _api_calls
 from pymlsql_magics.sandbox import Sandbox
 
 from .conftest import FAST
-from .helpers import PYMLSQL, environment, hinted_error, magics_shell, new_client, pymlsql, unique, wait_for
+from .helpers import (
+    PYMLSQL,
+    codes,
+    environment,
+    hinted_error,
+    home_folder,
+    ids_named,
+    magics_shell,
+    new_client,
+    own_sandbox,
+    pymlsql,
+    started_ids,
+    unique,
+    wait_for,
+)
 
 DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
 
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path_factory.mktemp("capacity"), timings=FAST).start() as running:
-        yield running
-        left = running.status()["instances"]
-        assert not left, f"instances left behind: {left}"
+    yield from own_sandbox(tmp_path_factory.mktemp("capacity"), FAST)
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("capacity-home")
-    (folder / ".ssh").mkdir(mode=0o700)
-    return folder
+    return home_folder(tmp_path_factory.mktemp("capacity-home"))
 
 
 @pytest.fixture
 def env(cleared: Sandbox, home: Path) -> dict[str, str]:
     return environment(cleared, home)
-
-
-def codes(sandbox: Sandbox, action: str, since: int) -> list[str]:
-    return [r["code"] for r in sandbox.log()["requests"][since:] if r["action"] == action]
-
-
-def ids_named(sandbox: Sandbox, name: str) -> list[str]:
-    assert sandbox.world is not None
-    with sandbox.world.lock:
-        return [i.instance_id for i in sandbox.world.instances.values() if i.name == name]
-
-
-def started_ids(done: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line.split(":", 1)[1] for line in done.stdout.splitlines() if line.startswith("instance_id:")]
 
 
 def start_flags(name: str, *more: str) -> list[str]:

@@ -23,7 +23,20 @@ from pymlsql_magics.core import EcsConfig, ExecResult, Fleet, FleetError, HostKe
 from pymlsql_magics.sandbox import Sandbox
 
 from .conftest import FAST
-from .helpers import PYMLSQL, environment, hinted_error, pymlsql, sdk_network, unique, wait_for
+from .helpers import (
+    PYMLSQL,
+    codes,
+    environment,
+    hinted_error,
+    home_folder,
+    ids_named,
+    own_sandbox,
+    pymlsql,
+    sdk_network,
+    started_ids,
+    unique,
+    wait_for,
+)
 from .test_magics_kernel import execute
 
 DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
@@ -31,17 +44,12 @@ DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path_factory.mktemp("reliability"), timings=FAST).start() as running:
-        yield running
-        left = running.status()["instances"]
-        assert not left, f"instances left behind: {left}"
+    yield from own_sandbox(tmp_path_factory.mktemp("reliability"), FAST)
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("reliability-home")
-    (folder / ".ssh").mkdir(mode=0o700)
-    return folder
+    return home_folder(tmp_path_factory.mktemp("reliability-home"))
 
 
 @pytest.fixture
@@ -53,20 +61,6 @@ def fleet_for(sandbox: Sandbox, home: Path, **settings: Any) -> Fleet:
     config = EcsConfig.from_env(sandbox.environment(), known_hosts=str(home / "known_hosts"),
                                 key_dir=str(home / ".ssh"), **settings)  # fmt: skip
     return Fleet(config)
-
-
-def codes(sandbox: Sandbox, action: str, since: int) -> list[str]:
-    return [r["code"] for r in sandbox.log()["requests"][since:] if r["action"] == action]
-
-
-def ids_named(sandbox: Sandbox, name: str) -> list[str]:
-    assert sandbox.world is not None
-    with sandbox.world.lock:
-        return [i.instance_id for i in sandbox.world.instances.values() if i.name == name]
-
-
-def started_ids(done: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line.split(":", 1)[1] for line in done.stdout.splitlines() if line.startswith("instance_id:")]
 
 
 # -- the API: throttling, server errors, lost answers ----------------------------------------

@@ -20,10 +20,13 @@ from .helpers import (
     api_error,
     environment,
     hinted_error,
+    home_folder,
     magics_shell,
     new_client,
+    own_sandbox,
     pymlsql,
     sdk_network,
+    started_ids,
     unique,
     wait_for,
 )
@@ -33,26 +36,17 @@ DEBIAN = "debian_12_x64_20G_alibase_20240101.vhd"
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path_factory.mktemp("prices"), timings=FAST).start() as running:
-        yield running
-        left = running.status()["instances"]
-        assert not left, f"instances left behind: {left}"
+    yield from own_sandbox(tmp_path_factory.mktemp("prices"), FAST)
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("prices-home")
-    (folder / ".ssh").mkdir(mode=0o700)
-    return folder
+    return home_folder(tmp_path_factory.mktemp("prices-home"))
 
 
 @pytest.fixture
 def env(cleared: Sandbox, home: Path) -> dict[str, str]:
     return environment(cleared, home)
-
-
-def started_ids(done: Any) -> list[str]:
-    return [line.split(":", 1)[1] for line in done.stdout.splitlines() if line.startswith("instance_id:")]
 
 
 def described(sandbox: Sandbox, instance_id: str) -> Any:
