@@ -337,6 +337,8 @@ def _copy_to_local(fleet: Fleet, args: argparse.Namespace) -> int:
 
 
 def _list(fleet: Fleet, args: argparse.Namespace) -> int:
+    from .core import InstanceList
+
     instances = fleet.find(args.name)
     costs = fleet.costs(instances)
     if args.output == "json":
@@ -348,9 +350,9 @@ def _list(fleet: Fleet, args: argparse.Namespace) -> int:
         cost = costs.get(instance.instance_id)
         print(f"{instance.instance_id}  {instance.status:<8}  {name:<16}  {instance.private_ip:<15}  "
               f"{instance.public_ip or '-':<15}  ssh via {fleet.reach(instance):<7}  {cost or '-'}")  # fmt: skip
-    known = list(costs.values())
-    if known:
-        _say(f"{len(instances)} instance(s), {sum(c.per_hour for c in known):.3f} {known[0].currency}/hour in all")
+    per_hour = InstanceList(instances, costs=costs).per_hour
+    if per_hour:
+        _say(f"{len(instances)} instance(s), {per_hour} in all")
     return 0
 
 

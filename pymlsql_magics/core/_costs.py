@@ -45,16 +45,15 @@ def price_key(instance: Instance) -> PriceKey:
     return instance.instance_type, instance.zone_id, instance.spot_strategy or "NoSpot"
 
 
-def costs(instances: Iterable[Instance], prices: Mapping[PriceKey, Price], *,
-          now: float | None = None) -> dict[str, Cost]:  # fmt: skip
+def costs(instances: Iterable[Instance], prices: Mapping[PriceKey, Price]) -> dict[str, Cost]:
     """Each instance's hourly price and cost since its creation (billed by the second, as ECS bills)."""
-    now = time.time() if now is None else now
+    now = time.time()
     found = {}
     for instance in instances:
         price = prices.get(price_key(instance))
         if price is None:
             continue
-        hours = max(0.0, now - created_at(instance)) / 3600 if instance.creation_time else 0.0
+        hours = max(0.0, now - created_at(instance)) / 3600
         found[instance.instance_id] = Cost(price.each, price.each * hours, price.currency)
     return found
 

@@ -20,6 +20,7 @@ from ._errors import ConfigError
 FaceName = Literal["magics", "cli"]
 Kind = Literal["text", "int", "number", "seconds", "duration", "flag", "file", "pairs", "list", "choice"]
 SPOT_STRATEGIES = ("NoSpot", "SpotWithPriceLimit", "SpotAsPriceGo")
+SPOT_MARKETS = SPOT_STRATEGIES[1:]  # the strategies of spot instances, which ECS may reclaim
 MAX_BANDWIDTH = 100  # Mbit/s, as RunInstances allows
 DEFAULT_BANDWIDTH = 10
 
@@ -125,12 +126,11 @@ class LaunchSpec:
         if not all(self.instance_types):
             raise ConfigError(f"--instance-type {self.instance_type!r} has an empty type",
                               hint="Pass one type, or several with commas: ecs.g7.large,ecs.g6.large")  # fmt: skip
-        if self.spot or self.spot_price_limit is not None:
-            wanted = "SpotWithPriceLimit" if self.spot_price_limit is not None else "SpotAsPriceGo"
-            if self.spot_strategy not in (None, wanted):
-                raise ConfigError(f"--spot-strategy {self.spot_strategy} contradicts "
-                                  f"{'--spot-price-limit' if self.spot_price_limit is not None else '--spot'}",
-                                  hint="Drop --spot-strategy: --spot and --spot-price-limit say it.")  # fmt: skip
+        # --spot and --spot-price-limit say the strategy; a different --spot-strategy contradicts them.
+        if (self.spot or self.spot_price_limit is not None) and self.spot_strategy not in (None, self.spot_mode):
+            given = "--spot-price-limit" if self.spot_price_limit is not None else "--spot"
+            raise ConfigError(f"--spot-strategy {self.spot_strategy} contradicts {given}",
+                              hint="Drop --spot-strategy: --spot and --spot-price-limit say it.")  # fmt: skip
         for flag, price in (("--spot-price-limit", self.spot_price_limit), ("--max-price-per-hour",
                                                                              self.max_price_per_hour)):  # fmt: skip
             if price is not None and not price > 0:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 from collections.abc import Mapping
 
 from ._errors import PymlsqlError
@@ -47,6 +46,6 @@ def record(connection: SshConnection, key: str, user: str) -> None:
         reason = (stderr or stdout).strip().splitlines()[-1:] or [f"exit status {status}"]
         raise OnceRecordError(
             f"the script succeeded on {connection.instance.instance_id}, but its --once record in "
-            f"~{shlex.quote(user)}/{FOLDER} could not be written ({reason[0]}): a later --once would run it again",
+            f"~{user}/{FOLDER} could not be written ({reason[0]}): a later --once would run it again",
             hint=f"Make ~{user}/{FOLDER} writable by {user} on the instance, or run without --once.",
         )

@@ -9,13 +9,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from ._errors import PymlsqlError
+from ._launch import SPOT_MARKETS
 from ._output import NullSink, OutputSink
 from ._results import ExecResult, Instance
 
 if TYPE_CHECKING:
     from ._ecs import EcsClient
 
-SPOT_STRATEGIES = ("SpotAsPriceGo", "SpotWithPriceLimit")
 # ECS gives 5 minutes' notice: a look every few seconds sees it long before the instance goes.
 POLL_INTERVAL = 5.0
 Outcome = TypeVar("Outcome")
@@ -29,11 +29,10 @@ class ReclaimWatch:
     """While open, watches the spot instances among `instances` for ECS's reclaim notice."""
 
     def __init__(self, ecs: EcsClient, instances: Sequence[Instance], *, sink: OutputSink | None = None,
-                 reclaim_hint: str = "", interval: float = POLL_INTERVAL) -> None:  # fmt: skip
+                 interval: float = POLL_INTERVAL) -> None:  # fmt: skip
         self._ecs = ecs
-        self._spot = [i.instance_id for i in instances if i.spot_strategy in SPOT_STRATEGIES]
+        self._spot = [i.instance_id for i in instances if i.spot_strategy in SPOT_MARKETS]
         self._sink = sink or NullSink()
-        self._hint = reclaim_hint
         self._interval = interval
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -61,23 +60,21 @@ class ReclaimWatch:
             try:
                 outcome = work(instance)
             except PymlsqlError as error:
-                raise self._explained(instance.instance_id, error) from error
+                if not self._seen(instance.instance_id):
+                    raise
+                raise self._reclaimed(instance.instance_id) from error
             if isinstance(outcome, ExecResult) and not outcome.ok and self._seen(instance.instance_id):
-                raise self._explained(instance.instance_id, None)
+                raise self._reclaimed(instance.instance_id)
             return outcome
 
         return run
 
-    def _explained(self, instance_id: str, error: PymlsqlError | None) -> PymlsqlError:
-        if not self._seen(instance_id):
-            assert error is not None
-            return error
-        self._look()  # the notice may have come since the last look
+    def _reclaimed(self, instance_id: str) -> InstanceReclaimedError:
         when = time.strftime("%H:%M:%S", time.localtime(self.noticed[instance_id]))
         return InstanceReclaimedError(
             f"{instance_id} was reclaimed at {when} (ECS reclaims spot instances with 5 minutes' notice): "
             "what ran on it ended with it",
-            hint=self._hint or "Start the fleet again with the same --name and --count to replace it, or without "
+            hint="Start the fleet again with the same --name and --count to replace it, or without "
             "--spot for instances ECS does not reclaim.",
         )
 

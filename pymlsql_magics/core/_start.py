@@ -22,7 +22,7 @@ from ._errors import (
 )
 from ._host_key_sources import host_keys_in_cloud_config
 from ._keys import ensure_key_pair
-from ._launch import LaunchSpec, check_tags
+from ._launch import SPOT_MARKETS, LaunchSpec, check_tags
 from ._network import CREATED_BY, TOOL, NetworkPlanner, NoZoneLeft
 from ._results import Instance
 
@@ -163,7 +163,7 @@ class Start:
             fleet.progress(f"price: unknown ({str(error).splitlines()[0]})")
             return
         self.price_each = price.each
-        spot = " spot" if spec.spot_mode in ("SpotAsPriceGo", "SpotWithPriceLimit") else ""
+        spot = " spot" if spec.spot_mode in SPOT_MARKETS else ""
         fleet.progress(f"price: {amount} x {instance_type}{spot}: {price} ({price.each:.3f} each)")
         total = already + price.per_hour
         limit = spec.max_price_per_hour
@@ -266,9 +266,8 @@ class Start:
             # A create cut short is released even with keep_on_failure: nothing of it was ever usable.
             self._release(error)
             raise
-        spec = self.spec
         # Host keys the cloud-config gives the instances are known now: pinned before any contact.
-        known = host_keys_in_cloud_config(spec.user_data)
+        known = host_keys_in_cloud_config(self.spec.user_data)
         for instance_id in self.created if known else []:
             self.fleet.known_hosts.pin(instance_id, known)
 

@@ -6,7 +6,7 @@ An order may ask for several faults at once; they are applied in the order of th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from ._errors import HostError
@@ -16,10 +16,6 @@ if TYPE_CHECKING:
     from ._model import World
 
 STUCK_STATUSES = ("Pending", "Starting", "Stopping")
-# The cloud's rough edges, each a number of seconds (0: off), as FaultOrder and Quirks spell them.
-QUIRKS = ("initializing", "idempotent_processing", "describe_lag", "console_lag")
-
-
 @dataclass
 class Quirks:
     """How ECS behaves right after a create; every field is seconds, 0 for "not at all"."""
@@ -32,6 +28,10 @@ class Quirks:
     describe_lag: float = 0.0
     # GetInstanceConsoleOutput stays empty until this long after an instance first ran.
     console_lag: float = 0.0
+
+
+# The cloud's rough edges, each a number of seconds (0: off), as FaultOrder and Quirks spell them.
+QUIRKS = tuple(item.name for item in fields(Quirks))
 
 
 @dataclass
