@@ -319,7 +319,8 @@ def _copy_from_local(fleet: Fleet, args: argparse.Namespace) -> int:
         public=args.need_public_ip,
     )
     for outcome in result.succeeded.values():
-        _say(f"copied {outcome.files} file(s), {outcome.bytes} bytes to {outcome.instance_id}:{outcome.target}")
+        where = f"{outcome.instance_id}:{outcome.target}" + (f" (through {outcome.via})" if outcome.via else "")
+        _say(f"copied {outcome.files} file(s), {outcome.bytes} bytes to {where}")
     return 0
 
 

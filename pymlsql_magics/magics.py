@@ -54,6 +54,10 @@ _FACE = Face(list="%ecs_list", reuse="%ecs_start --instance-id {instance_id}", u
 _REMOTE = re.compile(r"^(?P<target>[A-Za-z_][\w.\-]*|i-[\w]+):(?P<path>.*)$")
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 @contextmanager
 def _as_usage_error() -> Iterator[None]:
     try:
@@ -155,7 +159,9 @@ class EcsMagics(Magics, Settings):
         if self._fleet is None or self._fleet_config != config:
             if self._fleet is not None:
                 self._fleet.close()
-            self._fleet = Fleet(config, face=_FACE)
+            # What the fleet says on the way (a copy it could not relay, a price it could not get) goes
+            # where the CLI puts it: stderr, which the notebook shows beside the cell's output.
+            self._fleet = Fleet(config, face=_FACE, progress=_say)
             self._fleet_config = config
         return self._fleet
 

@@ -210,7 +210,8 @@ class CopyView(_TextRecord, widgets.VBox):
     def finish(self, results: dict[str, object]) -> None:
         for instance_id, outcome in results.items():
             if isinstance(outcome, CopyResult):
-                self._done[instance_id] = f"{outcome.files} file(s), {outcome.bytes} bytes -> {outcome.target}"
+                through = f" (through {outcome.via})" if outcome.via else ""
+                self._done[instance_id] = f"{outcome.files} file(s), {outcome.bytes} bytes -> {outcome.target}{through}"
                 self.bars[instance_id].bar_style = "success"
             else:
                 self._done[instance_id] = f"failed: {str(outcome).splitlines()[0]}"

@@ -437,6 +437,12 @@ def test_stop_by_name_keeps_disks_then_releases_and_exec_labels_many_instances(
         ran = pymlsql(env, "exec-shell", "--instance-id", *ids, "--script-file", script(tmp_path, "echo hi"))
         assert ran.returncode == 0, ran.stderr
         assert sorted(ran.stdout.splitlines()) == sorted(f"[{i}] hi" for i in ids)
+        # To several instances of one VPC the file leaves this machine once: the first passes it on.
+        copied = pymlsql(env, "copy-from-local", "--instance-id", *ids, "--source", script(tmp_path, "echo hi"),
+                         "--target", "/root/hi.sh")  # fmt: skip
+        assert copied.returncode == 0, copied.stderr
+        assert f"to {ids[0]}:/root/hi.sh\n" in copied.stderr
+        assert f"to {ids[1]}:/root/hi.sh (through {ids[0]})\n" in copied.stderr
 
         kept = pymlsql(env, "stop", "--name", name, "--keep-disk", "--key-pair-name", master["key"])
         assert kept.returncode == 0, kept.stderr

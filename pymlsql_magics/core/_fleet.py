@@ -27,6 +27,7 @@ from ._network_inventory import ToolNetwork, delete_networks, tool_networks
 from ._once import done_at, once_key, record
 from ._output import NullSink, OutputSink
 from ._reclaims import ReclaimWatch
+from ._relayed_copy import RelayedCopy
 from ._results import CopyResult, ExecResult, FleetResult, Instance
 from ._ssh import SshConnection
 from ._ssh_keys import PrivateKey, load_private_key
@@ -218,8 +219,8 @@ class Fleet:
         recorded = once_key(script, user, env or {}) if once or force else None
 
         def run_one(instance: Instance) -> ExecResult:
-            self._require_running(instance)
-            key = self._key_path(instance, key_pair_name)
+            self.require_running(instance)
+            key = self.key_path(instance, key_pair_name)
             connection = self.connection(instance, key, public=public)
             if recorded and not force:
                 when = done_at(connection, recorded, user)
@@ -255,8 +256,8 @@ class Fleet:
         check_port(remote_port, "the remote port")
         if local_port is not None:
             check_port(local_port, "the local port")
-        self._require_running(instance)
-        key = self._key_path(instance, key_pair_name)
+        self.require_running(instance)
+        key = self.key_path(instance, key_pair_name)
         forward = Forward(instance.instance_id, remote_host, remote_port,
                           lambda: self.connection(instance, key, public=public), local_port or 0)  # fmt: skip
         with self._lock:
@@ -283,9 +284,14 @@ class Fleet:
         progress: CopyProgress | None = None,
         check: bool = True,
         cancel: threading.Event | None = None,
+        relay: bool = True,
     ) -> FleetResult[CopyResult]:
         """Copies a local file or directory to every instance, owned there by `user`.
 
+        To several instances of one VPC the bytes leave this machine once, with `relay`: one
+        instance passes them on to the others over the private network (see _fanout; each
+        CopyResult's `via` says from where). An instance the relay could not reach is copied to
+        directly, and `progress` of the Fleet says so.
         `progress(instance_id, bytes_done, bytes_total)` is called as bytes move. Setting `cancel`,
         or Ctrl-C, stops every copy; nothing partial is left at any target.
         """
@@ -297,7 +303,14 @@ class Fleet:
             return upload(connection, source, target, user=user, progress=report, cancel=cancel)
 
         with ReclaimWatch(self.ecs, instances) as reclaims:
-            result = FleetResult(self.parallel(list(instances), reclaims.guarded(copy_one), cancel=cancel))
+            direct = reclaims.guarded(copy_one)
+            if relay and len(instances) > 1:
+                copies = RelayedCopy(self, source, target, user=user, key_pair_name=key_pair_name, public=public,
+                                     progress=progress, cancel=cancel)  # fmt: skip
+                outcomes = copies.run(list(instances), direct, reclaims.guarded)
+            else:
+                outcomes = self.parallel(list(instances), direct, cancel=cancel)
+            result = FleetResult(outcomes)
         if check and result.failed:
             raise FleetError(result.summary("the copy"), result=result, hint=result.first_hint)
         return result
@@ -363,8 +376,8 @@ class Fleet:
         progress: CopyProgress | None,
     ) -> tuple[SshConnection, Callable[[int, int], None]]:
         """The instance's connection, and its progress reporter for one copy."""
-        self._require_running(instance)
-        connection = self.connection(instance, self._key_path(instance, key_pair_name), public=public)
+        self.require_running(instance)
+        connection = self.connection(instance, self.key_path(instance, key_pair_name), public=public)
         if progress is None:
             return connection, _no_progress
         return connection, lambda done, total: progress(instance.instance_id, done, total)
@@ -414,7 +427,7 @@ class Fleet:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _require_running(self, instance: Instance) -> None:
+    def require_running(self, instance: Instance) -> None:
         """Only a Running instance can be logged in to; saying so beats a refused or timed-out SSH connect."""
         if instance.status == "Running":
             return
@@ -427,7 +440,7 @@ class Fleet:
             hint = f"Wait until it is Running ({self.face.list} shows the status), then try again."
         raise InstanceStateError(f"{instance_id} is {status}, not Running", code="IncorrectInstanceStatus", hint=hint)
 
-    def _key_path(self, instance: Instance, key_pair_name: str | None) -> Path:
+    def key_path(self, instance: Instance, key_pair_name: str | None) -> Path:
         name = key_pair_name or instance.key_pair_name
         if not name:
             raise ConfigError(

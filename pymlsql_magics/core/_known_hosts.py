@@ -78,6 +78,12 @@ class KnownHosts:
             pinned = self._load().lookup(instance_id)
         return list(pinned.keys()) if pinned else []
 
+    def pinned_lines(self, instance_id: str) -> list[str]:
+        """The keys pinned for the instance, as `type base64` lines."""
+        with self._lock:
+            pinned = self._load().lookup(instance_id)
+        return [public_key_line(key) for key in pinned.values()] if pinned else []
+
     def forget(self, instance_ids: list[str]) -> None:
         with self._lock:
             keys = self._load()

@@ -88,6 +88,7 @@ class CopyResult:
     files: int
     bytes: int
     duration: float
+    via: str = ""  # the instance that passed the bytes on to this one; "" when the client sent them
 
 
 Outcome = TypeVar("Outcome", ExecResult, CopyResult)

@@ -21,11 +21,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from . import _remote as remote
 from ._errors import CopyError, PymlsqlError, SshError
+from ._face import Face
 from ._results import CopyResult
 from ._ssh import SshConnection
 from ._streams import RemoteStream, open_stream
@@ -60,20 +62,51 @@ def upload(connection: SshConnection, source: str, target: str, *, user: str, pr
     """Copies a local file or directory to `target` on the instance, owned by `user`."""
     started = time.monotonic()
     instance_id = connection.instance.instance_id
+    local = local_source(source)
+    files, total, estimate = inventory(local)
+    token = uuid.uuid4().hex[:12]
+    script = remote.unpack(user, target, local.name, directory=local.is_dir(), token=token)
+    sent = send(connection, script, local, source, Meter(total, estimate, progress, cancel), token=token)
+    if sent.status != 0:
+        raise copy_failure(sent.status, sent.errors, instance_id, connection.face, user,
+                           f"copying {source} to {instance_id}:{target}", sent.broken)  # fmt: skip
+    if sent.broken is not None:
+        raise CopyError(f"copying {source} to {instance_id}:{target} failed: {sent.broken}")
+    progress(total, total)
+    destination = sent.output.decode(errors="replace").strip()
+    return CopyResult(instance_id, source, destination, files, total, time.monotonic() - started)
+
+
+def local_source(source: str) -> Path:
     local = Path(source).expanduser()
     if not local.exists():
         raise CopyError(f"the local path {source} does not exist", hint="Check the source path (--source).")
-    files, total, estimate = _inventory(local)
-    token = uuid.uuid4().hex[:12]
-    script = remote.unpack(user, target, local.name, directory=local.is_dir(), token=token)
-    meter = Meter(total, estimate, progress, cancel)
+    return local
+
+
+@dataclass(frozen=True)
+class Sent:
+    """How the command that received an upload's stream ended, and why the stream stopped early if it did."""
+
+    status: int
+    output: bytes
+    errors: str
+    broken: BaseException | None
+
+
+def send(connection: SshConnection, command: str, local: Path, source: str, meter: Meter, *, token: str,
+         prefix: bytes = b"") -> Sent:  # fmt: skip
+    """Streams `local` as tar, then the completion mark of `token`, into `command` on the instance,
+    after `prefix` (what the command reads before the archive)."""
     # A symlink given as the source is copied as what it points to, as scp does.
     follow = ["-h"] if local.is_symlink() else []
     packer = _LocalTar([*follow, "-c", "-f", "-", "-C", str(local.parent), f"./{local.name}"])
-    stream = open_stream(connection, script, size=total)
+    stream = open_stream(connection, command, size=meter.total)
     broken: BaseException | None = None
     try:
         try:
+            if prefix:
+                stream.write(prefix)
             # The local tar in C feeds the stream; the mark that completes it follows, as a second
             # archive, only once that tar says it read every file.
             stream.pour(cast(io.BufferedReader, packer.process.stdout), meter.count)
@@ -91,13 +124,7 @@ def upload(connection: SshConnection, source: str, target: str, *, user: str, pr
         raise
     finally:
         packer.close()
-    if status != 0:
-        raise _failure(status, errors, connection, user, f"copying {source} to {instance_id}:{target}", broken)
-    if broken is not None:
-        raise CopyError(f"copying {source} to {instance_id}:{target} failed: {broken}")
-    progress(total, total)
-    destination = output.decode(errors="replace").strip()
-    return CopyResult(instance_id, source, destination, files, total, time.monotonic() - started)
+    return Sent(status, output, errors, broken)
 
 
 def download(connection: SshConnection, source: str, target: str, *, user: str, progress: Progress = _noop,
@@ -107,7 +134,7 @@ def download(connection: SshConnection, source: str, target: str, *, user: str, 
     instance_id = connection.instance.instance_id
     status, output = connection.command(remote.probe(user, source))
     if status != 0:
-        raise _failure(status, output, connection, user, f"copying {instance_id}:{source}", None)
+        raise copy_failure(status, output, instance_id, connection.face, user, f"copying {instance_id}:{source}", None)
     found = remote.parse_probe(output)
     name = found.path.rstrip("/").rsplit("/", 1)[-1]
     local_target = Path(target).expanduser()
@@ -151,7 +178,7 @@ def download(connection: SshConnection, source: str, target: str, *, user: str, 
     return CopyResult(instance_id, source, str(destination), found.files, found.total, time.monotonic() - started)
 
 
-def _inventory(top: Path) -> tuple[int, int, int]:
+def inventory(top: Path) -> tuple[int, int, int]:
     """(regular files, their bytes, the size of their tar stream) of `top`, symlinks not followed."""
     files = total = 0
     estimate = _BLOCK
@@ -260,11 +287,11 @@ def _read_all(stream: RemoteStream) -> bytes:
     return bytes(output)
 
 
-def _failure(status: int, errors: str, connection: SshConnection, user: str, what: str,
-             broken: BaseException | None) -> PymlsqlError:  # fmt: skip
-    instance_id = connection.instance.instance_id
+def copy_failure(status: int, errors: str, instance_id: str, face: Face, user: str, what: str,
+                 broken: BaseException | None) -> PymlsqlError:  # fmt: skip
+    """What an unpack's or a probe's exit status and stderr mean, said to the user."""
     if status == remote.NO_USER_STATUS:
-        return remote.no_user_error(user, instance_id, face=connection.face)
+        return remote.no_user_error(user, instance_id, face=face)
     if (said := remote.complaint(errors)) is not None:
         return CopyError(f"{said} on {instance_id}", hint=remote.COPY_HINTS.get(status))
     lines = [line for line in errors.strip().splitlines() if line.strip()]

@@ -306,14 +306,17 @@ class Hosts:
         if boot.final:
             (outside / "cloud" / "final.sh").write_text("\n".join(["set -x", *boot.final, ""]))
             steps.append(f"setsid /bin/sh {q(str(disk / 'cloud' / 'final.sh'))} </dev/null &")
-        steps += [
-            f"{q(self.sshd)} -D -e -f {q(str(config))} &",
-            # The sandbox holds the other end of stdin: when its process ends, however it ends,
-            # read returns and this PID 1 exits, which ends every process of the instance.
-            "read _ || true",
-        ]
-        if not self.full:
-            steps.append("kill -KILL 0")
+        steps.append(f"{q(self.sshd)} -D -e -f {q(str(config))} &")
+        # The sandbox holds the other end of stdin: when its process ends, however it ends, read
+        # returns and this PID 1 exits, which ends every process of the instance.
+        if self.full:
+            # Meanwhile it waits, as init does, so the processes orphaned inside (a daemon whose
+            # parent exited) are reaped, not left as zombies. The reader is its child: a job in the
+            # background would read /dev/null, and init ignores signals it sets no trap for.
+            steps += ["trap 'exit 0' USR1", "exec 3<&0", "{ read _ <&3 || true; kill -USR1 $$; } &", "exec 3<&-",
+                      "wait"]  # fmt: skip
+        else:
+            steps += ["read _ || true", "kill -KILL 0"]
         return "\n".join(steps) + "\n"
 
     def _host_key_steps(self, spec: BootSpec, directory: str, outside: Path, disk: Path, config: str, *,
