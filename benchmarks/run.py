@@ -9,11 +9,13 @@ OpenSSH `ssh` to every instance in parallel, through ControlMaster connections f
 ones), copies of one big file and of a tree of small files both ways (reference: OpenSSH `scp`
 and `scp -r` to the same instance), the delay from the sandbox's "SSH ready" to Fleet.start
 returning, DescribeInstances calls per poll, peak memory while a script prints 1 GiB, and a
-100-instance start, and how long `pymlsql --help` and `pymlsql sandbox status` take to start (row
-11, beside the interpreter's own start). Timed figures are the median of 3 runs. These rows compare tools on one path,
-so their sandbox runs with `--bandwidth-caps off` (as root the path is still the public address's
-relay into the instance's own network). Rows 9 and 10 measure the caps themselves: an instance's
-InternetMaxBandwidthOut/In, and a modelled client link shared by two uploads.
+100-instance start, how long `pymlsql --help` and `pymlsql sandbox status` take to start (row
+11, beside the interpreter's own start), and one upload to 8 instances of a VPC through a modelled
+40 Mbit/s client link (row 12, beside a copy to one of them). Timed figures are the median of 3
+runs. Rows 1 to 8 and 11 compare tools on one path, so their sandbox runs with `--bandwidth-caps
+off` (as root the path is still the public address's relay into the instance's own network). Rows
+9 and 10 measure the caps themselves: an instance's InternetMaxBandwidthOut/In, and a modelled
+client link shared by two uploads; row 12 runs through such a link.
 `--smoke` runs every row small, as CI does: it checks the harness, not the targets.
 """
 
@@ -62,12 +64,15 @@ class Sizes:
     printed: int  # bytes, row 7
     crowd: int  # instances, row 8
     capped: int  # bytes through a 10 Mbit/s cap, rows 9 and 10
+    relayed: int  # bytes, row 12
+    relayed_to: int  # instances, row 12
     repeats: int
 
 
 FULL = Sizes(fan_out=32, big_file=512 * _MiB, tree_dirs=50, printed=1 << 30, crowd=100, capped=8_000_000,
-             repeats=3)
-SMOKE = Sizes(fan_out=4, big_file=16 * _MiB, tree_dirs=2, printed=16 * _MiB, crowd=8, capped=1_000_000, repeats=1)
+             relayed=32 * _MiB, relayed_to=8, repeats=3)
+SMOKE = Sizes(fan_out=4, big_file=16 * _MiB, tree_dirs=2, printed=16 * _MiB, crowd=8, capped=1_000_000,
+              relayed=2 * _MiB, relayed_to=3, repeats=1)
 
 
 def _fleet(sandbox: Sandbox, work: Path, **settings: object) -> Fleet:
@@ -212,6 +217,7 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
         crowd.close()
     if os.geteuid() == 0:  # the caps exist only where the sandbox enforces its network
         rows += _bandwidth_rows(work, timings, sizes)
+        rows += _relay_rows(work, timings, sizes)
     return sorted(rows, key=lambda row: row.number)
 
 
@@ -270,6 +276,44 @@ def _bandwidth_rows(work: Path, timings: Timings, sizes: Sizes) -> list[Row]:
         rows.append(Row(9, "public upload, InternetMaxBandwidthIn 10 Mbit/s (ECS's default)", up, "Mbit/s",
                         f"OpenSSH, {sizes.capped / 1e6:g} MB", "10 Mbit/s within 20 %", _within(up, 10)))  # fmt: skip
         fleet.stop([instance])
+        fleet.close()
+    return rows
+
+
+def _relay_rows(work: Path, timings: Timings, sizes: Sizes) -> list[Row]:
+    """Row 12: one upload for a fleet through a modelled 40 Mbit/s client link, beside one instance's
+    copy; the bytes the client sent are counted by the sandbox's link, not by the tool."""
+    link = (40.0, 100.0)
+    count, size, repeats = sizes.relayed_to, sizes.relayed, sizes.repeats
+    with Sandbox(work / "relay", timings=timings, client_link=link).start() as sandbox:
+        fleet = _fleet(sandbox, work / "relay", max_parallel=64)
+        # 100 Mbit/s each way at every instance (inbound follows outbound above 10): the client's link binds.
+        instances = fleet.start(image_id="m-sandbox-webuser", count=count, key_pair_name="bench",
+                                init_ssh_key=True, bandwidth=100)  # fmt: skip
+        payload = work / "relayed.bin"
+        payload.write_bytes(os.urandom(size))
+        fleet.exec(instances, "true")  # connections open, as in a notebook that ran cells before
+
+        def sent_during(call: Callable[[], object]) -> tuple[float, float]:
+            before = sandbox.log()["client_link"]["up"]
+            took = _timed(call)
+            return took, (sandbox.log()["client_link"]["up"] - before) / size
+
+        one = statistics.median(sent_during(lambda: fleet.copy_to(instances[:1], str(payload), "/root/one.bin"))[0]
+                                for _ in range(repeats))  # fmt: skip
+        relayed = [sent_during(lambda: fleet.copy_to(instances, str(payload), "/root/all.bin")) for _ in range(repeats)]
+        took, sent = statistics.median(t for t, _ in relayed), statistics.median(s for _, s in relayed)
+        # Today's way once, for scale: a copy from this machine to each instance.
+        direct_took, direct_sent = sent_during(lambda: fleet.copy_to(instances, str(payload), "/root/direct.bin",
+                                                                     relay=False))  # fmt: skip
+        what = f"copy {size / _MiB:g} MiB to {count} instances of a VPC, client link {link[0]:g} Mbit/s"
+        rows = [
+            Row(12, what, took, "s", f"one instance {one:.2f} s ({took / one:.2f}x); direct to each "
+                f"{direct_took:.1f} s", "<= 1.5x one instance's copy", took <= 1.5 * one),
+            Row(12, "  bytes the client sent, per byte of the file", sent, "x", f"direct to each {direct_sent:.2f}x",
+                "<= 1.2x", sent <= 1.2),
+        ]  # fmt: skip
+        fleet.stop(instances)
         fleet.close()
     return rows
 

@@ -183,15 +183,18 @@ class Sandbox:
         }
 
     def log(self) -> dict[str, Any]:
-        """Every API request and each instance's event times (rules: DescribeSecurityGroupAttribute)."""
+        """Every API request, each instance's event times (rules: DescribeSecurityGroupAttribute),
+        and with a client link, the bytes it carried each way (`client_link`: `up`, `down`)."""
         assert self.world is not None
+        wire = self.world.hosts.wire
         with self.world.lock:
             events = {**self.world.released}
             events.update({i.instance_id: dict(i.events) for i in self.world.instances.values()})
-            return {
-                "requests": list(self.world.requests),
-                "instances": events,
-            }
+            log: dict[str, Any] = {"requests": list(self.world.requests), "instances": events}
+        up, down = wire.client_link if wire is not None else (None, None)
+        if up is not None and down is not None:
+            log["client_link"] = {"up": up.carried, "down": down.carried}
+        return log
 
     def fault(self, order: FaultOrder | Mapping[str, Any]) -> None:
         """Applies one fault order, given as a FaultOrder or as its JSON object.

@@ -18,6 +18,7 @@ class Link:
         self.bytes_per_second = mbit_per_second * 1e6 / 8
         self._lock = threading.Lock()
         self._free_at = time.monotonic()
+        self.carried = 0  # bytes, since the link was made
 
     def __repr__(self) -> str:
         return f"Link({self.mbit_per_second:g} Mbit/s)"
@@ -31,6 +32,7 @@ class Link:
         """Waits until `count` more bytes fit in the rate since the link was last idle."""
         with self._lock:
             now = time.monotonic()
+            self.carried += count
             self._free_at = max(self._free_at, now) + count / self.bytes_per_second
             wait = self._free_at - now - _BURST_SECONDS
         if wait > 0:

@@ -112,6 +112,7 @@ class Wire:
         self.bandwidth_caps = bandwidth_caps
         self.api_doors = api_doors
         up, down = (Link(client_link[0]), Link(client_link[1])) if client_link else (None, None)
+        self.client_link = (up, down)
         self.public = PublicAddresses(gate, up, down)
         self.metadata = MetadataService(gate.metadata)
         self._bridges: dict[str, _Bridge] = {}
