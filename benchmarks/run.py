@@ -11,7 +11,8 @@ and `scp -r` to the same instance), the delay from the sandbox's "SSH ready" to 
 returning, DescribeInstances calls per poll, peak memory while a script prints 1 GiB, and a
 100-instance start, how long `pymlsql --help` and `pymlsql sandbox status` take to start (row
 11, beside the interpreter's own start), and one upload to 8 instances of a VPC through a modelled
-40 Mbit/s client link (row 12, beside a copy to one of them). Timed figures are the median of 3
+40 Mbit/s client link (row 12, beside a copy to one of them), and 256 MiB through a port forward
+(row 13, beside `ssh -L`). Timed figures are the median of 3
 runs. Rows 1 to 8 and 11 compare tools on one path, so their sandbox runs with `--bandwidth-caps
 off` (as root the path is still the public address's relay into the instance's own network). Rows
 9 and 10 measure the caps themselves: an instance's InternetMaxBandwidthOut/In, and a modelled
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -66,13 +68,14 @@ class Sizes:
     capped: int  # bytes through a 10 Mbit/s cap, rows 9 and 10
     relayed: int  # bytes, row 12
     relayed_to: int  # instances, row 12
+    forwarded: int  # bytes, row 13
     repeats: int
 
 
 FULL = Sizes(fan_out=32, big_file=512 * _MiB, tree_dirs=50, printed=1 << 30, crowd=100, capped=8_000_000,
-             relayed=32 * _MiB, relayed_to=8, repeats=3)
+             relayed=32 * _MiB, relayed_to=8, forwarded=256 * _MiB, repeats=3)
 SMOKE = Sizes(fan_out=4, big_file=16 * _MiB, tree_dirs=2, printed=16 * _MiB, crowd=8, capped=1_000_000,
-              relayed=2 * _MiB, relayed_to=3, repeats=1)
+              relayed=2 * _MiB, relayed_to=3, forwarded=8 * _MiB, repeats=1)
 
 
 def _fleet(sandbox: Sandbox, work: Path, **settings: object) -> Fleet:
@@ -195,6 +198,7 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
                         f"OpenSSH in parallel {openssh:.2f} s", "<= 1.0x OpenSSH", fresh <= openssh))  # fmt: skip
 
         rows += _copy_rows(fleet, instances[0], key, work, sizes)
+        rows.append(_forward_row(fleet, instances[0], key, sizes))
         rows.append(_memory_row(sandbox, instances[0], work, sizes.printed))
         fleet.stop(instances)
         fleet.close()
@@ -278,6 +282,74 @@ def _bandwidth_rows(work: Path, timings: Timings, sizes: Sizes) -> list[Row]:
         fleet.stop([instance])
         fleet.close()
     return rows
+
+
+# Sends `size` bytes to each connection on 127.0.0.1:PORT of the instance, then closes it.
+_SENDER = """
+import socket, sys
+port, size = int(sys.argv[1]), int(sys.argv[2])
+block = bytes(1 << 20)
+server = socket.create_server(("127.0.0.1", port))
+while True:
+    peer, _ = server.accept()
+    with peer:
+        left = size
+        try:
+            while left:
+                left -= peer.send(memoryview(block)[: min(left, len(block))])
+        except OSError:
+            pass  # a probe that only checked the port is open
+"""
+
+
+def _forward_row(fleet: Fleet, instance: Instance, key: Path, sizes: Sizes) -> Row:
+    """Row 13: bytes through a forward to a port of the instance, beside OpenSSH's `ssh -L`."""
+    port, size = 9109, sizes.forwarded
+    fleet.exec([instance], f"cat > /root/sender.py <<'EOF'\n{_SENDER}EOF\n"
+               f"nohup python3 /root/sender.py {port} {size} >/dev/null 2>&1 </dev/null &\nsleep 0.5")  # fmt: skip
+
+    def pull(local_port: int) -> None:
+        got = 0
+        with socket.create_connection(("127.0.0.1", local_port)) as connection:
+            while chunk := connection.recv(1 << 20):
+                got += len(chunk)
+        assert got == size, got
+
+    forward = fleet.forward(instance, port)
+    ours = _median_of(sizes.repeats, lambda _: pull(forward.local_port))
+    forward.close()
+    local = _free_port()
+    tunnel = subprocess.Popen(["ssh", *_openssh_options(key), "-N", "-L", f"127.0.0.1:{local}:127.0.0.1:{port}",
+                               f"root@{instance.public_ip}"])  # fmt: skip
+    try:
+        _wait_for_port(local)
+        theirs = _median_of(sizes.repeats, lambda _: pull(local))
+    finally:
+        tunnel.terminate()
+        tunnel.wait()
+    fleet.exec([instance], "pkill -f /root/sender.py; rm -f /root/sender.py")
+    megabytes = size / _MiB
+    return Row(13, f"{megabytes:.0f} MiB from the instance through a port forward", megabytes / ours, "MB/s",
+               f"ssh -L {megabytes / theirs:.0f} MB/s ({theirs / ours:.2f}x its rate)", ">= 0.8x ssh -L",
+               ours <= theirs / 0.8)  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _relay_rows(work: Path, timings: Timings, sizes: Sizes) -> list[Row]:
