@@ -132,6 +132,9 @@ def _add_copies(commands: argparse._SubParsersAction[_Parser], common: _Parser, 
                           help="owner of copied files; relative remote paths start at their home")  # fmt: skip
         copy.add_argument("--source", required=True, help="what to copy")
         copy.add_argument("--target", required=True, help="where to put it")
+        copy.add_argument("--compress", choices=("auto", "on", "off"), default="auto",
+                          help="compress the stream (zstd, else gzip): auto (default) when a sample of the data "
+                          "shrinks, on, or off")  # fmt: skip
 
 
 def _add_forward(commands: argparse._SubParsersAction[_Parser], common: _Parser, ssh: _Parser) -> None:
@@ -317,6 +320,7 @@ def _copy_from_local(fleet: Fleet, args: argparse.Namespace) -> int:
         user=args.execute_user,
         key_pair_name=_key_pair(args),
         public=args.need_public_ip,
+        compress=args.compress,
     )
     for outcome in result.succeeded.values():
         where = f"{outcome.instance_id}:{outcome.target}" + (f" (through {outcome.via})" if outcome.via else "")
@@ -331,7 +335,7 @@ def _copy_to_local(fleet: Fleet, args: argparse.Namespace) -> int:
     instances = fleet.get(ids)
     outcome = fleet.copy_from(instances[0] if len(instances) == 1 else instances, args.source, args.target,
                               user=args.execute_user, key_pair_name=_key_pair(args),
-                              public=args.need_public_ip)  # fmt: skip
+                              public=args.need_public_ip, compress=args.compress)  # fmt: skip
     for copied in outcome.succeeded.values() if isinstance(outcome, FleetResult) else [outcome]:
         _say(f"copied {copied.files} file(s), {copied.bytes} bytes to {copied.target}")
     return 0

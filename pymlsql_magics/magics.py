@@ -280,6 +280,8 @@ class EcsMagics(Magics, Settings):
     @argument("source", help="Local path, or TARGET:/path on instances.")
     @argument("target", help="Local path, or TARGET:/path on instances.")
     @argument("--user", help="Owner of copies on instances; relative remote paths start at their home.")
+    @argument("--compress", choices=("auto", "on", "off"), default="auto",
+              help="Compress the stream (zstd, else gzip): auto (default) when a sample of the data shrinks.")
     @argument("--public", action="store_const", const=True, default=None,
               help="Connect through the public IPs (default: public from outside the instances' VPC, "
                    "private inside it).")  # fmt: skip
@@ -302,7 +304,7 @@ class EcsMagics(Magics, Settings):
                                 sandbox=self._sandboxed, live=has_widget_frontend())  # fmt: skip
                 result = fleet.copy_to(instances, args.source, remote_target["path"] or ".", user=user,
                                        key_pair_name=key, public=args.public, progress=view.progress,
-                                       check=False)  # fmt: skip
+                                       check=False, compress=args.compress)  # fmt: skip
             else:
                 assert remote_source is not None
                 instances = self._resolve(fleet, [remote_source["target"]])
@@ -310,7 +312,7 @@ class EcsMagics(Magics, Settings):
                                 sandbox=self._sandboxed, live=has_widget_frontend())  # fmt: skip
                 result = fleet.copy_from(instances, remote_source["path"] or ".", args.target, user=user,
                                          key_pair_name=key, public=args.public, progress=view.progress,
-                                         check=False)  # fmt: skip
+                                         check=False, compress=args.compress)  # fmt: skip
             view.finish(dict(result))
             if result.failed:
                 reasons = "; ".join(naming(i, e) for i, e in result.failed.items())

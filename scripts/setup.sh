@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 missing=()
 for pair in /usr/sbin/sshd:openssh-server ssh:openssh-client ssh-keyscan:openssh-client \
             unshare:util-linux nsenter:util-linux setpriv:util-linux pgrep:procps ip:iproute2 \
-            /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver; do
+            zstd:zstd /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver; do
   command=${pair%%:*} package=${pair#*:}
   if ! command -v "$command" >/dev/null 2>&1 && [ ! -x "$command" ]; then
     missing+=("$package")

@@ -155,3 +155,17 @@ def test_an_interrupted_relayed_copy_leaves_nothing_on_any_instance(
     for node in nodes:
         leftovers = remote(fleet, node, "sleep 0.5; ls -a /root /tmp | grep -E 'cut.bin|pymlsql-'; pgrep -x ssh-agent")
         assert leftovers.stdout == ""
+
+
+def test_text_relayed_compressed_reaches_every_instance_whole(
+    fleet: Fleet, nodes: list[Instance], tmp_path: Path
+) -> None:
+    source = tmp_path / "words.txt"
+    payload = b"".join(b"line %d of a text that compresses well\n" % n for n in range(100_000))
+    source.write_bytes(payload)
+
+    result = fleet.copy_to(nodes, str(source), "/root/words.txt")  # auto: it shrinks, so it is compressed
+
+    assert {outcome.via for outcome in result.values()} - {""}  # type: ignore[union-attr]
+    for node in nodes:
+        assert digest_on(fleet, node, "/root/words.txt").startswith(hashlib.sha256(payload).hexdigest())

@@ -26,7 +26,7 @@ from ._algorithms import SshAlgorithms
 from ._errors import PymlsqlError
 from ._results import CopyResult, Instance
 from ._ssh import SshConnection
-from ._transfer import Meter, copy_failure, inventory, local_source, send
+from ._transfer import Meter, copy_failure, inventory, local_source, send, upload_codec
 
 # Programs every instance of the tree runs; a seed without them is not asked to relay.
 NEEDED = ("ssh", "ssh-agent", "ssh-add", "tee", "mkfifo", "base64", "mktemp")
@@ -92,7 +92,7 @@ def can_relay(seed: SshConnection) -> str | None:
 
 def upload_relayed(seed: SshConnection, tree: Node, pinned: Callable[[str], list[str]], key: bytes, source: str,
                    target: str, *, user: str, progress: Callable[[str, int, int], None],
-                   cancel: threading.Event | None = None) -> RelayOutcome:  # fmt: skip
+                   cancel: threading.Event | None = None, compress: str = "auto") -> RelayOutcome:  # fmt: skip
     """Copies `source` to every instance of `tree` (rooted at `seed`'s instance), sending it once.
 
     `pinned(instance_id)` gives the pinned host key lines (`type base64`) of an instance; `key`
@@ -102,7 +102,9 @@ def upload_relayed(seed: SshConnection, tree: Node, pinned: Callable[[str], list
     local = local_source(source)
     files, total, estimate = inventory(local)
     token = uuid.uuid4().hex[:12]
-    unpack = remote.unpack(user, target, local.name, directory=local.is_dir(), token=token)
+    # The seed's codecs stand for the tree's: instances of one fleet share an image.
+    codec, ratio = upload_codec(seed, local, compress)
+    unpack = remote.unpack(user, target, local.name, directory=local.is_dir(), token=token, codec=codec)
     members = tree.members()
 
     def report(done: int, whole: int) -> None:
@@ -111,8 +113,8 @@ def upload_relayed(seed: SshConnection, tree: Node, pinned: Callable[[str], list
 
     text = key.decode("ascii")
     script = _node_script(tree, unpack, pinned, seed.algorithms, key_length=len(text))
-    meter = Meter(total, estimate, report, cancel)
-    sent = send(seed, _as_bash(script), local, source, meter, token=token, prefix=text.encode("ascii"))
+    meter = Meter(total, int(estimate * ratio), report, cancel)
+    sent = send(seed, _as_bash(script), local, source, meter, token=token, prefix=text.encode("ascii"), codec=codec)
     seed_id = seed.instance.instance_id
     copied, hops = _parse(sent.output.decode(errors="replace"))
     if not copied:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
+from ._compression import check_mode
 from ._config import EcsConfig
 from ._costs import Cost, Price, PriceKey, costs, price_key
 from ._ecs import EcsClient
@@ -285,6 +286,7 @@ class Fleet:
         check: bool = True,
         cancel: threading.Event | None = None,
         relay: bool = True,
+        compress: str = "auto",
     ) -> FleetResult[CopyResult]:
         """Copies a local file or directory to every instance, owned there by `user`.
 
@@ -293,20 +295,21 @@ class Fleet:
         CopyResult's `via` says from where). An instance the relay could not reach is copied to
         directly, and `progress` of the Fleet says so.
         `progress(instance_id, bytes_done, bytes_total)` is called as bytes move. Setting `cancel`,
-        or Ctrl-C, stops every copy; nothing partial is left at any target.
+        or Ctrl-C, stops every copy; nothing partial is left at any target. `compress` is auto
+        (compress what shrinks, see _compression), on or off.
         """
-
+        check_mode(compress)
         cancel = cancel or threading.Event()
 
         def copy_one(instance: Instance) -> CopyResult:
             connection, report = self._copy_session(instance, key_pair_name, public, progress)
-            return upload(connection, source, target, user=user, progress=report, cancel=cancel)
+            return upload(connection, source, target, user=user, progress=report, cancel=cancel, compress=compress)
 
         with ReclaimWatch(self.ecs, instances) as reclaims:
             direct = reclaims.guarded(copy_one)
             if relay and len(instances) > 1:
                 copies = RelayedCopy(self, source, target, user=user, key_pair_name=key_pair_name, public=public,
-                                     progress=progress, cancel=cancel)  # fmt: skip
+                                     progress=progress, cancel=cancel, compress=compress)  # fmt: skip
                 outcomes = copies.run(list(instances), direct, reclaims.guarded)
             else:
                 outcomes = self.parallel(list(instances), direct, cancel=cancel)
@@ -318,12 +321,14 @@ class Fleet:
     @overload
     def copy_from(self, instances: Instance, source: str, target: str, *, user: str = ...,
                   key_pair_name: str | None = ..., public: bool | None = ..., progress: CopyProgress | None = ...,
-                  cancel: threading.Event | None = ..., check: bool = ...) -> CopyResult: ...  # fmt: skip
+                  cancel: threading.Event | None = ..., check: bool = ...,
+                  compress: str = ...) -> CopyResult: ...  # fmt: skip
 
     @overload
     def copy_from(self, instances: Sequence[Instance], source: str, target: str, *, user: str = ...,
                   key_pair_name: str | None = ..., public: bool | None = ..., progress: CopyProgress | None = ...,
-                  cancel: threading.Event | None = ..., check: bool = ...) -> FleetResult[CopyResult]: ...  # fmt: skip
+                  cancel: threading.Event | None = ..., check: bool = ...,
+                  compress: str = ...) -> FleetResult[CopyResult]: ...  # fmt: skip
 
     def copy_from(
         self,
@@ -337,19 +342,22 @@ class Fleet:
         progress: CopyProgress | None = None,
         cancel: threading.Event | None = None,
         check: bool = True,
+        compress: str = "auto",
     ) -> CopyResult | FleetResult[CopyResult]:
         """Copies a file or directory of one instance, or of several in parallel, to the local `target`.
 
         From one instance it returns its CopyResult (and raises its error); from several, each
         lands in `target/INSTANCE_ID/` and a FleetResult says how each went (with `check`, raises
         FleetError if any failed). Setting `cancel`, or Ctrl-C, stops every copy; nothing partial
-        is left behind.
+        is left behind. `compress` is auto (compress what shrinks), on or off.
         """
+        check_mode(compress)
         cancel = cancel or threading.Event()
 
         def copy_one(instance: Instance, destination: str) -> CopyResult:
             connection, report = self._copy_session(instance, key_pair_name, public, progress)
-            return download(connection, source, destination, user=user, progress=report, cancel=cancel)
+            return download(connection, source, destination, user=user, progress=report, cancel=cancel,
+                            compress=compress)  # fmt: skip
 
         if isinstance(instances, Instance):
             with ReclaimWatch(self.ecs, [instances]) as reclaims:

@@ -29,9 +29,10 @@ class RelayedCopy:
     """One copy of `source` to `target`, as Fleet.copy_to was asked for it."""
 
     def __init__(self, fleet: Fleet, source: str, target: str, *, user: str, key_pair_name: str | None,
-                 public: bool | None, progress: CopyProgress | None, cancel: threading.Event) -> None:  # fmt: skip
+                 public: bool | None, progress: CopyProgress | None, cancel: threading.Event,
+                 compress: str = "auto") -> None:  # fmt: skip
         self.fleet, self.source, self.target, self.user = fleet, source, target, user
-        self.key_pair_name, self.public, self.cancel = key_pair_name, public, cancel
+        self.key_pair_name, self.public, self.cancel, self.compress = key_pair_name, public, cancel, compress
         self.progress = progress or _no_progress
 
     def run(self, instances: list[Instance], direct: Callable[[Instance], CopyResult], guard: Guard) -> Outcomes:
@@ -82,7 +83,7 @@ class RelayedCopy:
             return {}, group
         outcome = upload_relayed(seed, plan(group[0], group[1:]), self.fleet.known_hosts.pinned_lines,
                                  key.read_bytes(), self.source, self.target, user=self.user,
-                                 progress=self.progress, cancel=self.cancel)  # fmt: skip
+                                 progress=self.progress, cancel=self.cancel, compress=self.compress)  # fmt: skip
         by_reason: dict[str, list[str]] = {}
         for instance_id, reason in outcome.unreached.items():
             by_reason.setdefault(reason, []).append(instance_id)

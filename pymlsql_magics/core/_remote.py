@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from ._compression import COMPRESS, DECOMPRESS, REMOTE_CODECS, REMOTE_SAMPLE, codecs_in
 from ._errors import SshError
 from ._face import PYTHON, Face
 
@@ -97,7 +98,7 @@ s=$p/.$(basename -- "$d").pymlsql-$token
 e=$(mkdir -m 700 -- "$s" 2>&1) || {{ echo "pymlsql: cannot write in the folder $p: ${{e##*: }}" >&2; exit 5; }}
 trap 'rm -rf -- "$s"' EXIT
 trap 'exit 130' HUP INT TERM PIPE
-tar -x -i -p --no-same-owner -C "$s" -f - || exit 6
+{decode}tar -x -i -p --no-same-owner -C "$s" -f - || exit 6
 # The mark comes last, as an archive of its own (-i reads on past the first one's end): without it
 # the stream was cut short or the local tar failed, whatever this tar thought of it.
 [ -e "$s/.pymlsql-complete-$token" ] || {{ echo "pymlsql: the copy was cut short" >&2; exit 9; }}
@@ -117,7 +118,10 @@ if [ -d "$r" ]; then k=d; else k=f; fi
 find "$r" -printf '%y %s\n' 2>/dev/null | awk -v k="$k" '
   $1 == "f" {{ n += 1; b += $2; e += 512 + int(($2 + 511) / 512) * 512; next }}
   {{ e += 512 }}
-  END {{ printf "%s %d %d %d\n", k, n, b, e + 1024 }}'
+  END {{ printf "%s %d %d %d", k, n, b, e + 1024 }}'
+{sample}
+c=$({codecs} | tr '\n' ,)
+printf ' %s %s %s\n' "$raw" "$packed" "${{c:-none}}"
 printf '%s' "$r"
 """
 )
@@ -160,23 +164,30 @@ def kill_groups(pid: int) -> str:
     )
 
 
-def unpack(user: str, target: str, name: str, *, directory: bool, token: str) -> str:
-    """Unpacks the tar stream on stdin to `target` for `user`; prints where it went.
-
-    The stream must end with the mark of `token` (see _transfer), or nothing is placed.
-    """
+def unpack(user: str, target: str, name: str, *, directory: bool, token: str, codec: str | None = None) -> str:
+    """Unpacks the tar stream on stdin (compressed with `codec`, if given) to `target` for `user`;
+    prints where it went. The stream must end with the mark of `token` (see _transfer), or nothing
+    is placed."""
+    decode = f"{DECOMPRESS[codec]} | " if codec else ""
     return _UNPACK.format(user=shlex.quote(user), target=shlex.quote(target), name=shlex.quote(name),
-                          kind="d" if directory else "f", token=token, no_user=NO_USER_STATUS)  # fmt: skip
+                          kind="d" if directory else "f", token=token, no_user=NO_USER_STATUS,
+                          decode=decode)  # fmt: skip
 
 
 def probe(user: str, source: str) -> str:
     """Says what a download of `source` (relative to `user`'s home) would move; see parse_probe."""
-    return _PROBE.format(user=shlex.quote(user), source=shlex.quote(source), no_user=NO_USER_STATUS)
+    return _PROBE.format(user=shlex.quote(user), source=shlex.quote(source), no_user=NO_USER_STATUS,
+                         sample=REMOTE_SAMPLE, codecs=REMOTE_CODECS)  # fmt: skip
 
 
-def pack(folder: str, name: str) -> str:
-    """Writes `name` in `folder` to stdout as a tar stream."""
-    return f"cd -- {shlex.quote(folder)} && exec tar -c -f - {shlex.quote('./' + name)}"
+def pack(folder: str, name: str, codec: str | None = None) -> str:
+    """Writes `name` in `folder` to stdout as a tar stream, compressed with `codec` if given."""
+    where, what = shlex.quote(folder), shlex.quote("./" + name)
+    if codec is None:
+        return f"cd -- {where} && exec tar -c -f - {what}"
+    # Without pipefail a tar that fails midway would end in the compressor's success.
+    piped = shlex.quote(f'tar -c -f - "$0" | {COMPRESS[codec]}')
+    return f"cd -- {where} && exec bash -o pipefail -c {piped} {what}"
 
 
 @dataclass(frozen=True)
@@ -188,12 +199,16 @@ class Probe:
     total: int
     estimate: int
     path: str  # with symlinks resolved
+    ratio: float  # how far gzip's fastest level shrinks a sample of it (1.0: not at all)
+    codecs: frozenset[str]  # the compressors the instance has
 
 
 def parse_probe(output: str) -> Probe:
     head, _, path = output.partition("\n")
-    kind, files, total, estimate = head.split()
-    return Probe(kind == "d", int(files), int(total), int(estimate), path)
+    kind, files, total, estimate, raw, packed, found = head.split()
+    ratio = int(packed) / int(raw) if int(raw) else 1.0
+    return Probe(kind == "d", int(files), int(total), int(estimate), path, ratio,
+                 frozenset(codecs_in(found.replace(",", "\n"))))  # fmt: skip
 
 
 def complaint(errors: str) -> str | None:

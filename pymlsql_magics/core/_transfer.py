@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import cast
 
 from . import _remote as remote
+from ._compression import COMPRESS, DECOMPRESS, REMOTE_CODECS, WORTH, codecs_in, pick, sample_ratio
 from ._errors import CopyError, PymlsqlError, SshError
 from ._face import Face
 from ._results import CopyResult
@@ -58,15 +60,18 @@ class Meter:
 
 
 def upload(connection: SshConnection, source: str, target: str, *, user: str, progress: Progress = _noop,
-           cancel: threading.Event | None = None) -> CopyResult:  # fmt: skip
-    """Copies a local file or directory to `target` on the instance, owned by `user`."""
+           cancel: threading.Event | None = None, compress: str = "auto") -> CopyResult:  # fmt: skip
+    """Copies a local file or directory to `target` on the instance, owned by `user`; `compress`
+    is auto, on or off (see _compression)."""
     started = time.monotonic()
     instance_id = connection.instance.instance_id
     local = local_source(source)
     files, total, estimate = inventory(local)
     token = uuid.uuid4().hex[:12]
-    script = remote.unpack(user, target, local.name, directory=local.is_dir(), token=token)
-    sent = send(connection, script, local, source, Meter(total, estimate, progress, cancel), token=token)
+    codec, ratio = upload_codec(connection, local, compress)
+    script = remote.unpack(user, target, local.name, directory=local.is_dir(), token=token, codec=codec)
+    meter = Meter(total, int(estimate * ratio), progress, cancel)
+    sent = send(connection, script, local, source, meter, token=token, codec=codec)
     if sent.status != 0:
         raise copy_failure(sent.status, sent.errors, instance_id, connection.face, user,
                            f"copying {source} to {instance_id}:{target}", sent.broken)  # fmt: skip
@@ -75,6 +80,18 @@ def upload(connection: SshConnection, source: str, target: str, *, user: str, pr
     progress(total, total)
     destination = sent.output.decode(errors="replace").strip()
     return CopyResult(instance_id, source, destination, files, total, time.monotonic() - started)
+
+
+def upload_codec(connection: SshConnection, local: Path, compress: str) -> tuple[str | None, float]:
+    """The codec an upload of `local` uses (None: none), and how far it is expected to shrink the stream."""
+    if compress == "off":
+        return None, 1.0
+    ratio = sample_ratio(local)
+    if compress == "auto" and ratio > WORTH:
+        return None, 1.0
+    status, output = connection.command(REMOTE_CODECS)
+    codec = pick(compress, codecs_in(output), ratio)
+    return codec, ratio if codec else 1.0
 
 
 def local_source(source: str) -> Path:
@@ -95,12 +112,14 @@ class Sent:
 
 
 def send(connection: SshConnection, command: str, local: Path, source: str, meter: Meter, *, token: str,
-         prefix: bytes = b"") -> Sent:  # fmt: skip
+         prefix: bytes = b"", codec: str | None = None) -> Sent:  # fmt: skip
     """Streams `local` as tar, then the completion mark of `token`, into `command` on the instance,
-    after `prefix` (what the command reads before the archive)."""
+    after `prefix` (what the command reads before the archive); compressed with `codec` if given."""
     # A symlink given as the source is copied as what it points to, as scp does.
     follow = ["-h"] if local.is_symlink() else []
-    packer = _LocalTar([*follow, "-c", "-f", "-", "-C", str(local.parent), f"./{local.name}"])
+    mark = _completion_mark(token)
+    packer = _LocalTar([*follow, "-c", "-f", "-", "-C", str(local.parent), f"./{local.name}"], codec=codec,
+                       then=mark)  # fmt: skip
     stream = open_stream(connection, command, size=meter.total)
     broken: BaseException | None = None
     try:
@@ -108,12 +127,14 @@ def send(connection: SshConnection, command: str, local: Path, source: str, mete
             if prefix:
                 stream.write(prefix)
             # The local tar in C feeds the stream; the mark that completes it follows, as a second
-            # archive, only once that tar says it read every file.
+            # archive, only once that tar says it read every file (inside the compressed stream,
+            # when there is one).
             stream.pour(cast(io.BufferedReader, packer.process.stdout), meter.count)
             if packer.process.wait() != 0:
                 raise CopyError(f"cannot read {source}: {packer.complaint()}",
                                 hint="Check that every file under it is readable.")  # fmt: skip
-            stream.write(_completion_mark(token))
+            if codec is None:
+                stream.write(mark)
         except (OSError, SshError) as error:
             broken = error  # the command ended early: its status says why
         stream.close_input()
@@ -128,8 +149,9 @@ def send(connection: SshConnection, command: str, local: Path, source: str, mete
 
 
 def download(connection: SshConnection, source: str, target: str, *, user: str, progress: Progress = _noop,
-             cancel: threading.Event | None = None) -> CopyResult:  # fmt: skip
-    """Copies a file or directory of the instance (relative paths from `user`'s home) to `target`."""
+             cancel: threading.Event | None = None, compress: str = "auto") -> CopyResult:  # fmt: skip
+    """Copies a file or directory of the instance (relative paths from `user`'s home) to `target`;
+    `compress` is auto, on or off (see _compression)."""
     started = time.monotonic()
     instance_id = connection.instance.instance_id
     status, output = connection.command(remote.probe(user, source))
@@ -146,7 +168,8 @@ def download(connection: SshConnection, source: str, target: str, *, user: str, 
     if found.directory and destination.exists():
         raise CopyError(f"{destination} already exists", hint="Remove it first, or pick a new target.")
     parent = found.path.rsplit("/", 1)[0] or "/"
-    meter = Meter(found.total, found.estimate, progress, cancel)
+    codec = pick(compress, set(found.codecs), found.ratio)
+    meter = Meter(found.total, int(found.estimate * (found.ratio if codec else 1.0)), progress, cancel)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.pymlsql-", dir=destination.parent))
     except OSError as error:
@@ -155,8 +178,8 @@ def download(connection: SshConnection, source: str, target: str, *, user: str, 
             hint="Pick a target folder you can write.",
         ) from None
     try:
-        stream = open_stream(connection, remote.pack(parent, name), size=found.total)
-        unpacker = unpacker_into(staging)
+        stream = open_stream(connection, remote.pack(parent, name, codec), size=found.total)
+        unpacker = unpacker_into(staging, codec)
         try:
             relay(stream, unpacker, meter)
             status, errors = stream.finish(_FINISH_TIMEOUT)
@@ -205,13 +228,26 @@ class _LocalTar:
     Its messages go to a temporary file: a pipe nobody reads could fill and block it.
     """
 
-    def __init__(self, arguments: list[str], *, reading: bool = False) -> None:
+    def __init__(self, arguments: list[str], *, reading: bool = False, codec: str | None = None,
+                 then: bytes = b"") -> None:  # fmt: skip
         program = shutil.which("tar")
         if program is None:
             raise CopyError("copies need the tar program, which is not installed", hint="Install GNU tar or bsdtar.")
         self._errors = tempfile.TemporaryFile()
+        self._then = tempfile.NamedTemporaryFile(prefix="pymlsql-mark-") if then and codec else None
+        argv = [program, *arguments]
+        if codec is not None:
+            # A pipeline in bash, in C end to end; pipefail: a tar that fails is the pipeline's failure.
+            if reading:
+                pipeline = f'{DECOMPRESS[codec]} | "$0" "$@"'
+            else:
+                assert self._then is not None
+                self._then.write(then)
+                self._then.flush()
+                pipeline = f'{{ "$0" "$@" && cat {shlex.quote(self._then.name)}; }} | {COMPRESS[codec]}'
+            argv = ["bash", "-o", "pipefail", "-c", pipeline, *argv]
         self.process = subprocess.Popen(
-            [program, *arguments],
+            argv,
             stdin=subprocess.PIPE if reading else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL if reading else subprocess.PIPE,
             stderr=self._errors,
@@ -234,15 +270,18 @@ class _LocalTar:
                 except BrokenPipeError:
                     pass
         self._errors.close()
+        if self._then is not None:
+            self._then.close()
 
 
-def unpacker_into(folder: Path) -> _LocalTar:
+def unpacker_into(folder: Path, codec: str | None = None) -> _LocalTar:
     """The local tar that unpacks what an instance sends: it is not trusted.
 
     umask 0 with --no-same-permissions keeps the modes it had there, minus setuid and setgid bits;
     GNU tar strips leading slashes, refuses `..`, and never writes through a symlink it unpacked.
     """
-    return _LocalTar(["-x", "-f", "-", "-C", str(folder), "--no-same-owner", "--no-same-permissions"], reading=True)
+    return _LocalTar(["-x", "-f", "-", "-C", str(folder), "--no-same-owner", "--no-same-permissions"], reading=True,
+                     codec=codec)  # fmt: skip
 
 
 def relay(stream: RemoteStream, unpacker: _LocalTar, meter: Meter) -> None:
