@@ -12,7 +12,8 @@ returning, DescribeInstances calls per poll, peak memory while a script prints 1
 100-instance start, how long `pymlsql --help` and `pymlsql sandbox status` take to start (row
 11, beside the interpreter's own start), and one upload to 8 instances of a VPC through a modelled
 40 Mbit/s client link (row 12, beside a copy to one of them), and 256 MiB through a port forward
-(row 13, beside `ssh -L`). Timed figures are the median of 3
+(row 13, beside `ssh -L`), and copies over 10 Mbit/s links with `--compress auto` (row 14,
+beside scp). Timed figures are the median of 3
 runs. Rows 1 to 8 and 11 compare tools on one path, so their sandbox runs with `--bandwidth-caps
 off` (as root the path is still the public address's relay into the instance's own network). Rows
 9 and 10 measure the caps themselves: an instance's InternetMaxBandwidthOut/In, and a modelled
@@ -69,13 +70,16 @@ class Sizes:
     relayed: int  # bytes, row 12
     relayed_to: int  # instances, row 12
     forwarded: int  # bytes, row 13
+    slow: int  # bytes through a 10 Mbit/s link, row 14
     repeats: int
 
 
 FULL = Sizes(fan_out=32, big_file=512 * _MiB, tree_dirs=50, printed=1 << 30, crowd=100, capped=8_000_000,
-             relayed=32 * _MiB, relayed_to=8, forwarded=256 * _MiB, repeats=3)
+             relayed=32 * _MiB, relayed_to=8, forwarded=256 * _MiB,
+             slow=32 * _MiB, repeats=3)
 SMOKE = Sizes(fan_out=4, big_file=16 * _MiB, tree_dirs=2, printed=16 * _MiB, crowd=8, capped=1_000_000,
-              relayed=2 * _MiB, relayed_to=3, forwarded=8 * _MiB, repeats=1)
+              relayed=2 * _MiB, relayed_to=3, forwarded=8 * _MiB,
+              slow=_MiB, repeats=1)
 
 
 def _fleet(sandbox: Sandbox, work: Path, **settings: object) -> Fleet:
@@ -222,6 +226,7 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
     if os.geteuid() == 0:  # the caps exist only where the sandbox enforces its network
         rows += _bandwidth_rows(work, timings, sizes)
         rows += _relay_rows(work, timings, sizes)
+        rows += _slow_link_rows(work, timings, sizes)
     return sorted(rows, key=lambda row: row.number)
 
 
@@ -386,6 +391,56 @@ def _relay_rows(work: Path, timings: Timings, sizes: Sizes) -> list[Row]:
                 "<= 1.2x", sent <= 1.2),
         ]  # fmt: skip
         fleet.stop(instances)
+        fleet.close()
+    return rows
+
+
+def _csv(path: Path, size: int) -> None:
+    """Text-like data: rows of a sensor log, as CSV."""
+    with path.open("wb") as out:
+        written, n = 0, 0
+        while written < size:
+            line = f"{n},sensor-{n % 97},{(n * 7919) % 10007 / 3:.4f},2026-12-03T12:{n % 60:02}:{n % 59:02}Z\n".encode()
+            out.write(line[: size - written])
+            written, n = written + len(line), n + 1
+
+
+def _slow_link_rows(work: Path, timings: Timings, sizes: Sizes) -> list[Row]:
+    """Row 14: copies over 10 Mbit/s (the client's uplink, the instance's InternetMaxBandwidthOut for
+    downloads) with `--compress auto`, beside scp of the same file."""
+    size, repeats = sizes.slow, sizes.repeats
+    with Sandbox(work / "slow", timings=timings, client_link=(10.0, 100.0)).start() as sandbox:
+        fleet = _fleet(sandbox, work / "slow")
+        key = work / "slow" / "keys" / "bench"
+        (instance,) = fleet.start(image_id="m-sandbox-webuser", key_pair_name="bench", init_ssh_key=True,
+                                  bandwidth=10)  # fmt: skip
+        host = f"root@{instance.public_ip}"
+        text, noise, down = work / "slow.csv", work / "slow.bin", work / "slow-down"
+        _csv(text, size)
+        noise.write_bytes(os.urandom(size))
+        down.mkdir()
+        megabytes = size / _MiB
+
+        def up(local: Path) -> tuple[float, float]:
+            theirs = _median_of(repeats, lambda n: _scp(key, str(local), f"{host}:/root/scp-{local.name}"))
+            ours = _median_of(repeats, lambda n: fleet.copy_to([instance], str(local), f"/root/our-{local.name}"))
+            return ours, theirs
+
+        ours, theirs = up(text)
+        rows = [Row(14, f"copy {megabytes:g} MiB of CSV up, client link 10 Mbit/s", ours, "s",
+                    f"scp {theirs:.1f} s ({theirs / ours:.1f}x faster)", ">= 3x faster than scp", theirs >= 3 * ours)]
+        theirs = _median_of(repeats, lambda n: _scp(key, f"{host}:/root/scp-{text.name}", str(down / f"scp-{n}")))
+        ours = _median_of(repeats, lambda n: fleet.copy_from(instance, f"/root/our-{text.name}",
+                                                             str(down / f"our-{n}")))  # fmt: skip
+        _same_bytes(text, down / "our-0")
+        rows.append(Row(14, f"copy {megabytes:g} MiB of CSV down, public 10 Mbit/s", ours, "s",
+                        f"scp {theirs:.1f} s ({theirs / ours:.1f}x faster)", ">= 3x faster than scp",
+                        theirs >= 3 * ours))
+        ours, theirs = up(noise)
+        rows.append(Row(14, f"copy {megabytes:g} MiB of random bytes up, client link 10 Mbit/s", ours, "s",
+                        f"scp {theirs:.1f} s ({ours / theirs:.2f}x its time)", "not slower than scp (2 %)",
+                        ours <= 1.02 * theirs))
+        fleet.stop([instance])
         fleet.close()
     return rows
 
