@@ -24,7 +24,7 @@ from .core import ConfigError, Face, FleetError, PymlsqlError, launch_spec, pars
 from .sandbox import SandboxError
 
 if TYPE_CHECKING:
-    from .core import Cost, Fleet, Instance
+    from .core import Cost, EcsConfig, Fleet, Instance
 
 _FACE = Face(list="pymlsql list", reuse="pymlsql start --instance-id {instance_id}", user_flag="--execute-user",
              networks="pymlsql network list", release="pymlsql stop --instance-id {instance_ids}")  # fmt: skip
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--output", choices=["text", "json"], default="text")
     _add_network(commands, common)
     sandbox.add_commands(commands)
+    _add_agent(commands)
     return parser
 
 
@@ -172,14 +173,52 @@ def _add_network(commands: argparse._SubParsersAction[_Parser], common: _Parser)
     delete.add_argument("--vpc-id", metavar="ID", help="only what this tool made in this VPC")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _add_agent(commands: argparse._SubParsersAction[_Parser]) -> None:
+    agent = commands.add_parser(
+        "agent", help="the background agent that keeps commands warm",
+        description="Commands that call ECS run in a per-user background agent that keeps the SDK loaded and "
+        "SSH connections open between commands, as OpenSSH's ControlMaster does; it starts on first use and "
+        "exits after PYMLSQL_AGENT_IDLE (default 10m) without work. PYMLSQL_AGENT=0 turns it off.",
+    )  # fmt: skip
+    actions = agent.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+    actions.add_parser("status", help="the agents running for this user, and their workers")
+    actions.add_parser("stop", help="stop them; a command running in one is interrupted, as by Ctrl-C")
+
+
+class FleetCache:
+    """The Fleets a long-lived process (the agent) keeps open between commands, one per setting of
+    EcsConfig, so a command reuses the SSH connections of the ones before it."""
+
+    def __init__(self) -> None:
+        self._fleets: dict[EcsConfig, Fleet] = {}
+
+    def open(self, config: EcsConfig) -> Fleet:
+        from .core import Fleet
+
+        if config not in self._fleets:
+            self._fleets[config] = Fleet(config, progress=_say, face=_FACE)
+        return self._fleets[config]
+
+    def close(self) -> None:
+        fleets, self._fleets = list(self._fleets.values()), {}
+        for fleet in fleets:
+            fleet.close()
+
+
+def main(argv: Sequence[str] | None = None, *, fleets: FleetCache | None = None) -> int:
+    """Runs `pymlsql ARGV` here and returns its exit status. `fleets`, when given, keeps the Fleet
+    (and its SSH connections) for the next command, as the agent does."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     debug = getattr(args, "debug", False)
     try:
         if args.command == "sandbox":
             return sandbox.run(args)
-        return _run(args)
+        if args.command == "agent":
+            from .agent import control
+
+            return control.run(args.agent_command, _say)
+        return _run(args, fleets)
     except KeyboardInterrupt:
         print("pymlsql: interrupted", file=sys.stderr)
         return 130
@@ -194,22 +233,24 @@ def _say(message: str) -> None:
     print(f"pymlsql: {message}", file=sys.stderr, flush=True)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, fleets: FleetCache | None) -> int:
     from ._embedded import with_sandbox_fallback
     from .core import EcsConfig, Fleet
 
     config = with_sandbox_fallback(EcsConfig.from_env(region_id=args.region), _say)
+    handler = {
+        "start": _start,
+        "stop": _stop,
+        "exec-shell": _exec_shell,
+        "copy-from-local": _copy_from_local,
+        "copy-to-local": _copy_to_local,
+        "list": _list,
+        "forward": _forward,
+        "network": _network,
+    }[args.command]
+    if fleets is not None:
+        return handler(fleets.open(config), args)
     with Fleet(config, progress=_say, face=_FACE) as fleet:
-        handler = {
-            "start": _start,
-            "stop": _stop,
-            "exec-shell": _exec_shell,
-            "copy-from-local": _copy_from_local,
-            "copy-to-local": _copy_to_local,
-            "list": _list,
-            "forward": _forward,
-            "network": _network,
-        }[args.command]
         return handler(fleet, args)
 
 

@@ -99,3 +99,13 @@ def launched(client: Client, region: str) -> Iterator[list[str]]:
             client.delete_instance(ecs.DeleteInstanceRequest(instance_id=instance_id, force=True))
         except Exception as error:  # noqa: BLE001 - released by the test itself
             assert "InvalidInstanceId.NotFound" in str(error), error
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_agent_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Commands run through the CLI start a background agent in the test's home; none outlives the suite."""
+    yield
+    from pymlsql_magics.agent.control import stop_all
+
+    for home in tmp_path_factory.getbasetemp().iterdir():
+        stop_all(home)

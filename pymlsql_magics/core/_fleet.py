@@ -461,13 +461,16 @@ class Fleet:
                    probing: bool = False) -> SshConnection:  # fmt: skip
         public = self.dials_public(instance, public)
         slot = (instance.instance_id, public)
+        key = self.private_key(key_path)
         with self._lock:
             connection = self._connections.get(slot)
-        if connection is not None and connection.alive:
+        # Reused only as it would be made now: a long-lived Fleet (the agent's) may hold a connection
+        # made with another key, or to an address the instance no longer has.
+        if connection is not None and connection.alive and connection.serves(instance, public, key):
             return connection
         connection = SshConnection(
             instance,
-            self.private_key(key_path),
+            key,
             self.known_hosts,
             public=public,
             connect_timeout=self.config.ssh_connect_timeout,

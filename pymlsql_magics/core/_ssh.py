@@ -67,8 +67,14 @@ class SshConnection:
                 hint="Start it with --need-public-ip true, or connect from inside its network.",
             )
         self.login = instance.ssh_login
+        self._key_fingerprint = key.fingerprint
         self._transport = self._connect(key, known_hosts, connect_timeout, tcp_timeout or connect_timeout,
                                         expected_host_keys)  # fmt: skip
+
+    def serves(self, instance: Instance, public: bool, key: paramiko.PKey) -> bool:
+        """Whether this connection is the one a new connection to `instance` with `key` would make."""
+        return (instance.address(public=public) == self.address and instance.ssh_port == self.instance.ssh_port
+                and instance.ssh_login == self.login and key.fingerprint == self._key_fingerprint)  # fmt: skip
 
     def _connect(self, key: paramiko.PKey, known_hosts: KnownHosts, timeout: float,
                  tcp_timeout: float, expected: ExpectedKeys | None) -> paramiko.Transport:  # fmt: skip
