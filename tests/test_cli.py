@@ -285,6 +285,7 @@ def test_exec_shell_as_an_unknown_user(env: dict[str, str], master: dict[str, An
     first, hint = hinted_error(done)
     assert "no user 'ghost'" in first and master["id"] in first
     assert "--execute-user" in hint and "%ecs" not in hint
+    assert done.stderr == f"{first}\n{hint}\n"  # the remote complaint is the error, not output too
 
 
 def test_exec_shell_with_a_key_pair_whose_key_file_is_missing(

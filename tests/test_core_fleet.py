@@ -873,3 +873,15 @@ def test_a_changed_host_key_is_refused_with_a_clear_message(cleared: Sandbox, fh
                 fleet.start(instance_ids=[instance.instance_id])
         finally:
             fleet.stop([instance])
+
+
+def test_a_missing_users_complaint_is_never_output_however_it_arrives() -> None:
+    from pymlsql_magics.core._remote import PidHeader
+
+    for cuts in ([b"pymlsql:pid=0\npymlsql: no user ghost\n"],
+                 [b"pymlsql:pid=0\n", b"pymlsql: no user ", b"ghost\n"],
+                 [b"pymlsql:pi", b"d=0\npymlsql: no user ghost\n"]):  # fmt: skip
+        header = PidHeader()
+        assert b"".join(header.feed(chunk) for chunk in cuts) == b"" and header.pid == 0, cuts
+    header = PidHeader()
+    assert [header.feed(chunk) for chunk in (b"pymlsql:pid=42\nfirst ", b"second\n")] == [b"first ", b"second\n"]

@@ -236,7 +236,8 @@ class PidHeader:
     def feed(self, chunk: bytes) -> bytes:
         """The part of `chunk` that is the script's output rather than the header."""
         if self._pending is None:
-            return chunk
+            # After a pid of 0 comes only the complaint, in as many chunks as the network cut it into.
+            return chunk if self.pid != 0 else b""
         self._pending += chunk
         if b"\n" not in self._pending:
             return b""
