@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from . import __version__, sandbox
 
@@ -185,29 +185,22 @@ def _add_agent(commands: argparse._SubParsersAction[_Parser]) -> None:
     actions.add_parser("stop", help="stop them; a command running in one is interrupted, as by Ctrl-C")
 
 
-class FleetCache:
-    """The Fleets a long-lived process (the agent) keeps open between commands, one per setting of
-    EcsConfig, so a command reuses the SSH connections of the ones before it."""
+class Fleets(Protocol):
+    """Where a long-lived process (the agent) keeps its Fleets between commands."""
 
-    def __init__(self) -> None:
-        self._fleets: dict[EcsConfig, Fleet] = {}
-
-    def open(self, config: EcsConfig) -> Fleet:
-        from .core import Fleet
-
-        if config not in self._fleets:
-            self._fleets[config] = Fleet(config, progress=_say, face=_FACE)
-        return self._fleets[config]
-
-    def close(self) -> None:
-        fleets, self._fleets = list(self._fleets.values()), {}
-        for fleet in fleets:
-            fleet.close()
+    def open(self, config: EcsConfig) -> Fleet: ...
 
 
-def main(argv: Sequence[str] | None = None, *, fleets: FleetCache | None = None) -> int:
-    """Runs `pymlsql ARGV` here and returns its exit status. `fleets`, when given, keeps the Fleet
-    (and its SSH connections) for the next command, as the agent does."""
+def new_fleet(config: EcsConfig, kind: type[Fleet] | None = None) -> Fleet:
+    """A Fleet as this command line uses it: progress on stderr, hints that name its commands."""
+    from .core import Fleet
+
+    return (kind or Fleet)(config, progress=_say, face=_FACE)
+
+
+def main(argv: Sequence[str] | None = None, *, fleets: Fleets | None = None) -> int:
+    """Runs `pymlsql ARGV` here and returns its exit status. `fleets`, when given, gives the Fleet
+    and keeps it (and its SSH connections) for the next command, as the agent does."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     debug = getattr(args, "debug", False)
@@ -233,9 +226,9 @@ def _say(message: str) -> None:
     print(f"pymlsql: {message}", file=sys.stderr, flush=True)
 
 
-def _run(args: argparse.Namespace, fleets: FleetCache | None) -> int:
+def _run(args: argparse.Namespace, fleets: Fleets | None) -> int:
     from ._embedded import with_sandbox_fallback
-    from .core import EcsConfig, Fleet
+    from .core import EcsConfig
 
     config = with_sandbox_fallback(EcsConfig.from_env(region_id=args.region), _say)
     handler = {
@@ -250,7 +243,7 @@ def _run(args: argparse.Namespace, fleets: FleetCache | None) -> int:
     }[args.command]
     if fleets is not None:
         return handler(fleets.open(config), args)
-    with Fleet(config, progress=_say, face=_FACE) as fleet:
+    with new_fleet(config) as fleet:
         return handler(fleet, args)
 
 

@@ -323,3 +323,50 @@ def test_turned_off_it_starts_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
     env = environment(sandbox, tmp_path, PYMLSQL_AGENT="0")
     assert pymlsql(env, "list").returncode == 0
     assert not (tmp_path / ".pymlsql" / "agent").exists()
+
+
+# -- a new agent's first command ------------------------------------------------------------
+
+
+def test_a_new_agents_first_command_on_a_remembered_instance_asks_ecs_nothing(
+    sandbox: Sandbox, env: dict[str, str], nodes: list[dict[str, str]], tmp_path: Path
+) -> None:
+    hello = script(tmp_path, "hello.sh", "hostname\n")
+    warm = pymlsql_in(env, tmp_path, "exec-shell", "--instance-id", nodes[0]["id"], "--script-file", hello)
+    assert warm.returncode == 0 and pymlsql(env, "agent", "stop").returncode == 0
+    mark = len(sandbox.log()["requests"])
+    first = pymlsql_in(env, tmp_path, "exec-shell", "--instance-id", nodes[0]["id"], "--script-file", hello)
+    assert first.returncode == 0 and first.stdout == f"iZ{nodes[0]['id'][2:]}Z\n", first.stderr
+    assert [r["action"] for r in sandbox.log()["requests"][mark:]] == []
+    # The next command asks ECS, as every command but a new agent's first does.
+    again = pymlsql_in(env, tmp_path, "exec-shell", "--instance-id", nodes[0]["id"], "--script-file", hello)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "DescribeInstances" in [r["action"] for r in sandbox.log()["requests"][mark:]]
+
+
+def test_a_remembered_instance_that_is_gone_or_stopped_reads_as_it_does_without_the_agent(
+    sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    name, key = unique("memory"), unique("memory-key")
+    done = pymlsql(env, "start", "--image-id", DEBIAN, "--count", "2", "--name", name, "--key-pair-name", key,
+                   "--init-ssh-key", "--need-public-ip", "true", "--output", "json",
+                   "--security-group", sdk_network(sandbox).security_group_id)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stopped, released = (item["instance_id"] for item in json.loads(done.stdout))
+    hello = script(tmp_path, "hello.sh", "hostname\n")
+    for instance_id in (stopped, released):  # remembered Running
+        assert pymlsql_in(env, tmp_path, "exec-shell", "--instance-id", instance_id, "--script-file",
+                          hello).returncode == 0  # fmt: skip
+    alone = {**env, "PYMLSQL_AGENT": "0"}
+    assert pymlsql(alone, "stop", "--instance-id", stopped, "--keep-disk").returncode == 0
+    assert pymlsql(alone, "stop", "--instance-id", released).returncode == 0
+    try:
+        for instance_id in (stopped, released):
+            assert pymlsql(env, "agent", "stop").returncode == 0
+            args = ("exec-shell", "--instance-id", instance_id, "--script-file", hello)
+            without = pymlsql_in(alone, tmp_path, *args)
+            first = pymlsql_in(env, tmp_path, *args)
+            assert same(first) == same(without) and first.returncode != 0
+            assert ("not Running" if instance_id == stopped else "no instance") in first.stderr
+    finally:
+        pymlsql(alone, "stop", "--instance-id", stopped)

@@ -16,11 +16,11 @@ from pathlib import Path
 from ._dispatcher import Dispatcher
 
 # What the commands import as they run, loaded once here so that every worker forked from the
-# agent has it: what most commands need before the agent says it is ready, the rest (the VPC
-# product's SDK, for networks) once the first command is on its way.
+# agent has it: paramiko and the core before the agent says it is ready, the SDKs once the first
+# command is on its way (which may not need them, see _memory).
 _FIRST = ("pymlsql_magics.cli", "pymlsql_magics._embedded", "pymlsql_magics.core._fleet",
-          "pymlsql_magics.sandbox._background")  # fmt: skip
-_LATER = ("pymlsql_magics.core._vpc",)
+          "pymlsql_magics.sandbox._background", "pymlsql_magics.agent._worker")  # fmt: skip
+_LATER = ("pymlsql_magics.core._ecs", "pymlsql_magics.core._vpc")
 
 
 class _Refusal(Exception):

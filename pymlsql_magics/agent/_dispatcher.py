@@ -152,9 +152,10 @@ class Dispatcher:
                     other.control.close()
                 for fd in holding:
                     os.close(fd)
+                from ._memory import InstanceMemory
                 from ._worker import Worker
 
-                status = Worker(theirs).serve()
+                status = Worker(theirs, InstanceMemory(self.path.with_suffix(".instances.json"))).serve()
             finally:
                 os._exit(status)
         theirs.close()

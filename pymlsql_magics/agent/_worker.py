@@ -8,6 +8,7 @@ SIGINT. Between commands the worker keeps its Fleets, and so their SSH connectio
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import signal
@@ -17,22 +18,47 @@ import threading
 import traceback
 from typing import Any, TextIO
 
+from ..core import EcsConfig, Fleet
 from . import _wire
+from ._memory import _SDK, InstanceMemory, RememberingFleet
+
+
+class FleetCache:
+    """The worker's Fleets, kept open between commands, one per setting of EcsConfig: a command
+    reuses the SSH connections of the ones before it."""
+
+    def __init__(self, memory: InstanceMemory) -> None:
+        self._memory = memory
+        self._fleets: dict[EcsConfig, Fleet] = {}
+
+    def open(self, config: EcsConfig) -> Fleet:
+        from .. import cli
+
+        if config not in self._fleets:
+            fleet = cli.new_fleet(config, RememberingFleet)
+            assert isinstance(fleet, RememberingFleet)
+            fleet.memory = self._memory
+            self._fleets[config] = fleet
+        return self._fleets[config]
+
+    def close(self) -> None:
+        fleets, self._fleets = list(self._fleets.values()), {}
+        for fleet in fleets:
+            fleet.close()
 
 
 class Worker:
-    def __init__(self, control: socket.socket) -> None:
+    def __init__(self, control: socket.socket, memory: InstanceMemory) -> None:
         self.control = control
+        self.memory = memory
         # Where 0, 1 and 2 point between commands: /dev/null, /dev/null, the agent's log.
         self._own = [os.dup(fd) for fd in (0, 1, 2)]
         self._own_streams = (sys.stdin, sys.stdout, sys.stderr)
 
     def serve(self) -> int:
-        from .. import cli
-
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, _interrupt_on_terminate)
-        fleets = cli.FleetCache()
+        fleets = FleetCache(self.memory)
         try:
             while True:
                 try:
@@ -47,6 +73,9 @@ class Worker:
                     self._restore()
                     connection.close()
                 _wire.send(self.control, {"done": True})
+                # The first command may have run without the SDK (see _memory); the next ones ask
+                # ECS, so load it now, between commands.
+                threading.Thread(target=importlib.import_module, args=(_SDK,), daemon=True).start()
         finally:
             fleets.close()
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, overload
 from ._compression import check_mode
 from ._config import EcsConfig
 from ._costs import Cost, Price, PriceKey, costs, price_key
-from ._ecs import EcsClient
 from ._errors import ConfigError, FleetError, InstanceStateError, PymlsqlError, WaitTimeoutError
 from ._face import PYTHON, Face
 from ._forward import Forward, check_port
@@ -37,6 +36,7 @@ from ._transfer import download, upload
 from ._whereabouts import Whereabouts, find_whereabouts
 
 if TYPE_CHECKING:
+    from ._ecs import EcsClient
     from ._vpc import VpcClient
 
 __all__ = ["CREATED_BY", "NAME_TAG", "Fleet"]
@@ -57,7 +57,6 @@ class Fleet:
     def __init__(self, config: EcsConfig, *, progress: Progress = _quiet, face: Face = PYTHON) -> None:
         self.config = config
         self.face = face
-        self.ecs = EcsClient(config)
         self.known_hosts = KnownHosts(config.known_hosts_path())
         self.progress = progress
         self._connections: dict[tuple[str, bool], SshConnection] = {}
@@ -68,6 +67,14 @@ class Fleet:
 
     def __repr__(self) -> str:
         return f"Fleet(region_id={self.config.region_id!r}, endpoint={self.config.endpoint!r})"
+
+    @functools.cached_property
+    def ecs(self) -> EcsClient:
+        """The ECS client, loaded on first use: a command that finds what it needs without asking ECS
+        (see pymlsql_magics.agent) never pays for loading the SDK."""
+        from ._ecs import EcsClient
+
+        return EcsClient(self.config)
 
     @functools.cached_property
     def vpc(self) -> VpcClient:
@@ -237,7 +244,7 @@ class Fleet:
             return ExecResult(instance.instance_id, script, status, stdout, stderr, time.monotonic() - started,
                               truncated=truncated)  # fmt: skip
 
-        with ReclaimWatch(self.ecs, instances, sink=sink) as reclaims:
+        with ReclaimWatch(lambda: self.ecs, instances, sink=sink) as reclaims:
             result = FleetResult(self.parallel(list(instances), reclaims.guarded(run_one), cancel=cancel))
         if check and result.failed:
             raise FleetError(result.summary("the script"), result=result, hint=result.first_hint)
@@ -305,7 +312,7 @@ class Fleet:
             connection, report = self._copy_session(instance, key_pair_name, public, progress)
             return upload(connection, source, target, user=user, progress=report, cancel=cancel, compress=compress)
 
-        with ReclaimWatch(self.ecs, instances) as reclaims:
+        with ReclaimWatch(lambda: self.ecs, instances) as reclaims:
             direct = reclaims.guarded(copy_one)
             if relay and len(instances) > 1:
                 copies = RelayedCopy(self, source, target, user=user, key_pair_name=key_pair_name, public=public,
@@ -360,7 +367,7 @@ class Fleet:
                             compress=compress)  # fmt: skip
 
         if isinstance(instances, Instance):
-            with ReclaimWatch(self.ecs, [instances]) as reclaims:
+            with ReclaimWatch(lambda: self.ecs, [instances]) as reclaims:
                 return reclaims.guarded(lambda i: copy_one(i, target))(instances)
 
         def into_own_folder(instance: Instance) -> CopyResult:
@@ -369,7 +376,7 @@ class Fleet:
             return copy_one(instance, str(folder))
 
         several = len(instances) > 1
-        with ReclaimWatch(self.ecs, instances) as reclaims:
+        with ReclaimWatch(lambda: self.ecs, instances) as reclaims:
             work = reclaims.guarded(into_own_folder if several else lambda i: copy_one(i, target))
             result: FleetResult[CopyResult] = FleetResult(self.parallel(list(instances), work, cancel=cancel))
         if check and result.failed:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ._ecs import EcsClient
 from ._errors import ConfigError
 from ._ssh_keys import load_private_key, public_key_line
+
+if TYPE_CHECKING:
+    from ._ecs import EcsClient
 
 
 def ensure_key_pair(client: EcsClient, name: str, key_dir: Path, *, create: bool) -> Path:

@@ -28,9 +28,9 @@ class InstanceReclaimedError(PymlsqlError):
 class ReclaimWatch:
     """While open, watches the spot instances among `instances` for ECS's reclaim notice."""
 
-    def __init__(self, ecs: EcsClient, instances: Sequence[Instance], *, sink: OutputSink | None = None,
-                 interval: float = POLL_INTERVAL) -> None:  # fmt: skip
-        self._ecs = ecs
+    def __init__(self, ecs: Callable[[], EcsClient], instances: Sequence[Instance], *,
+                 sink: OutputSink | None = None, interval: float = POLL_INTERVAL) -> None:  # fmt: skip
+        self._ecs = ecs  # made only once a spot instance needs watching
         self._spot = [i.instance_id for i in instances if i.spot_strategy in SPOT_MARKETS]
         self._sink = sink or NullSink()
         self._interval = interval
@@ -94,7 +94,7 @@ class ReclaimWatch:
 
     def _look(self) -> None:
         try:
-            found = self._ecs.describe(self._spot)
+            found = self._ecs().describe(self._spot)
         except PymlsqlError:
             return  # a missed look is made up at the next one
         listed = {instance.instance_id for instance in found}
