@@ -43,6 +43,7 @@ from pymlsql_magics.sandbox import Sandbox, Timings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bandwidth  # noqa: E402 - a sibling module of this script
+import command_line  # noqa: E402 - a sibling module of this script
 
 _MiB = 1 << 20
 _HERE = Path(__file__).resolve().parent
@@ -71,15 +72,16 @@ class Sizes:
     relayed_to: int  # instances, row 12
     forwarded: int  # bytes, row 13
     slow: int  # bytes through a 10 Mbit/s link, row 14
+    calls: int  # exec-shell calls in a shell loop, row 15
     repeats: int
 
 
 FULL = Sizes(fan_out=32, big_file=512 * _MiB, tree_dirs=50, printed=1 << 30, crowd=100, capped=8_000_000,
              relayed=32 * _MiB, relayed_to=8, forwarded=256 * _MiB,
-             slow=32 * _MiB, repeats=3)
+             slow=32 * _MiB, calls=15, repeats=3)
 SMOKE = Sizes(fan_out=4, big_file=16 * _MiB, tree_dirs=2, printed=16 * _MiB, crowd=8, capped=1_000_000,
               relayed=2 * _MiB, relayed_to=3, forwarded=8 * _MiB,
-              slow=_MiB, repeats=1)
+              slow=_MiB, calls=2, repeats=1)
 
 
 def _fleet(sandbox: Sandbox, work: Path, **settings: object) -> Fleet:
@@ -201,6 +203,7 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
         rows.append(Row(2, f"exec sleep 1 on {count} instances, fresh connections", fresh, "s",
                         f"OpenSSH in parallel {openssh:.2f} s", "<= 1.0x OpenSSH", fresh <= openssh))  # fmt: skip
 
+        rows += _command_line_rows(sandbox, instances[0], key, work, sizes)
         rows += _copy_rows(fleet, instances[0], key, work, sizes)
         rows.append(_forward_row(fleet, instances[0], key, sizes))
         rows.append(_memory_row(sandbox, instances[0], work, sizes.printed))
@@ -228,6 +231,20 @@ def run(sizes: Sizes, work: Path) -> list[Row]:
         rows += _relay_rows(work, timings, sizes)
         rows += _slow_link_rows(work, timings, sizes)
     return sorted(rows, key=lambda row: row.number)
+
+
+def _command_line_rows(sandbox: Sandbox, instance: Instance, key: Path, work: Path, sizes: Sizes) -> list[Row]:
+    """Rows 15 and 16: `pymlsql` called from shell scripts, in a home of its own with the fleet's key."""
+    home = work / "cli-home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    shutil.copy(key, home / ".ssh" / key.name)
+    env = command_line.environment(sandbox.environment(), home)
+    try:
+        found = command_line.exec_rows(env, instance.instance_id, instance.public_ip, key, sizes.calls, sizes.repeats)
+        found += command_line.cluster_rows(env, sizes.repeats)
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "pymlsql"), "agent", "stop"], env=env, capture_output=True)
+    return [Row(**row) for row in found]
 
 
 def _startup_rows(sandbox: Sandbox, repeats: int) -> list[Row]:

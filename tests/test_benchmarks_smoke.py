@@ -20,7 +20,7 @@ def test_benchmark_smoke_run_measures_every_row_and_saves_json(tmp_path):
     rows = json.loads(saved.read_text())["rows"]
     # The bandwidth caps and the client link exist where the network is enforced.
     capped, linked = ([9, 9, 10], [12, 12, 13, 14, 14, 14]) if os.geteuid() == 0 else ([], [])
-    assert [row["number"] for row in rows] == [1, 2, 3, 3, 4, 4, 5, 6, 7, 8, *capped, 11, 11, *linked]
+    assert [row["number"] for row in rows] == [1, 2, 3, 3, 4, 4, 5, 6, 7, 8, *capped, 11, 11, *linked, 15, 15, 16]
     # Row 7 is a growth of memory, which may be nothing at all; the others are times and rates.
     assert all(row["value"] > 0 for row in rows if row["number"] != 7)
     assert next(row for row in rows if row["number"] == 7)["value"] >= 0
