@@ -93,7 +93,7 @@ class Worker:
 
 class _Command:
     def __init__(self, message: dict[str, Any], connection: socket.socket, stdio: list[int],
-                 fleets: Any) -> None:  # fmt: skip
+                 fleets: FleetCache) -> None:  # fmt: skip
         self.message = message
         self.connection = connection
         self.stdio = stdio
@@ -118,7 +118,11 @@ class _Command:
         sys.stdout = _stream(1, "w", streams["stdout"])
         sys.stderr = _stream(2, "w", streams["stderr"])
         self._running = True
-        _wire.send(self.connection, {"kind": _wire.STARTED})
+        try:
+            _wire.send(self.connection, {"kind": _wire.STARTED})
+        except OSError:
+            return  # the client left before its command started: nothing to do
+
         watcher = threading.Thread(target=self._watch, name="pymlsql-agent-client", daemon=True)
         watcher.start()
         status = self._main(self.message["argv"])
