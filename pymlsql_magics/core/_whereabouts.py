@@ -8,7 +8,6 @@ names it; elsewhere no packet goes to 100.100.100.200.
 
 from __future__ import annotations
 
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +47,8 @@ def metadata_base(setting: str | None, dmi: Path = DMI_PRODUCT_NAME) -> str | No
 
 def metadata_value(base: str, key: str) -> str | None:
     """One value of the metadata service under /latest/meta-data/, or None when it has none."""
+    import urllib.request  # only on an ECS instance: the command line starts without it
+
     try:
         # No proxy: the metadata service answers only on the instance's own link.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
