@@ -16,8 +16,9 @@ from pathlib import Path
 from ._dispatcher import Dispatcher
 
 # What the commands import as they run, loaded once here so that every worker forked from the
-# agent has it: paramiko and the core before the agent says it is ready, the SDKs once the first
-# command is on its way (which may not need them, see _memory).
+# agent has it: paramiko and the core before the agent says it is ready, the SDKs before it forks a
+# second worker (the first loads them itself, after a first command that may not need them, see
+# _memory).
 _FIRST = ("pymlsql_magics.cli", "pymlsql_magics._embedded", "pymlsql_magics.core._fleet",
           "pymlsql_magics.sandbox._background", "pymlsql_magics.agent._worker")  # fmt: skip
 _LATER = ("pymlsql_magics.core._ecs", "pymlsql_magics.core._vpc")

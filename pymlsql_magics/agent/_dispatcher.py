@@ -118,9 +118,6 @@ class Dispatcher:
                 worker.busy = True
                 worker.commands += 1
                 self.commands += 1
-                if self._preload is not None:  # while the first command runs in its worker
-                    preload, self._preload = self._preload, None
-                    preload()
                 return
 
     def status(self) -> dict[str, Any]:
@@ -141,6 +138,11 @@ class Dispatcher:
 
     def _fork(self, holding: Sequence[int]) -> _Worker:
         """A new worker; `holding` are descriptors of a client the agent holds, which it must not keep."""
+        if self.workers and self._preload is not None:
+            # Only commands at once need a second worker: the first loads what it needs itself,
+            # and a script's commands one after another never wait for this.
+            preload, self._preload = self._preload, None
+            preload()
         ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # the worker: nothing of the dispatcher's is its to use

@@ -25,7 +25,8 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = N
     data = _LENGTH.pack(len(body)) + body
     if fds:
         sent = socket.send_fds(sock, [data], fds)
-        sock.sendall(data[sent:])
+        if sent < len(data):  # an empty send would fail if the peer is done and gone already
+            sock.sendall(data[sent:])
     else:
         sock.sendall(data)
 
