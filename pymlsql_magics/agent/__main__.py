@@ -16,12 +16,10 @@ from pathlib import Path
 from ._dispatcher import Dispatcher
 
 # What the commands import as they run, loaded once here so that every worker forked from the
-# agent has it: paramiko and the core before the agent says it is ready, the SDKs before it forks a
-# second worker (the first loads them itself, after a first command that may not need them, see
-# _memory).
-_FIRST = ("pymlsql_magics.cli", "pymlsql_magics._embedded", "pymlsql_magics.core._fleet",
-          "pymlsql_magics.sandbox._background", "pymlsql_magics.agent._worker")  # fmt: skip
-_LATER = ("pymlsql_magics.core._ecs", "pymlsql_magics.core._vpc")
+# agent has it: paramiko and the core. Not the SDKs: each worker loads them itself, in the
+# background, after a first command that may not need them (see _memory).
+_PRELOADED = ("pymlsql_magics.cli", "pymlsql_magics._embedded", "pymlsql_magics.core._fleet",
+              "pymlsql_magics.sandbox._background", "pymlsql_magics.agent._worker")  # fmt: skip
 
 
 class _Refusal(Exception):
@@ -32,7 +30,7 @@ def main(argv: list[str]) -> int:
     path, ready = Path(argv[0]), int(argv[1])
     try:
         idle = _idle_setting()
-        for name in _FIRST:
+        for name in _PRELOADED:
             importlib.import_module(name)
         listener = _listen(path)
     except _Refusal as refusal:
@@ -43,7 +41,7 @@ def main(argv: list[str]) -> int:
         return 1
     os.write(ready, b"R")
     os.close(ready)
-    Dispatcher(listener, path, idle, preload=lambda: [importlib.import_module(name) for name in _LATER]).serve()
+    Dispatcher(listener, path, idle).serve()
     return 0
 
 

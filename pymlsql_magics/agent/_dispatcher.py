@@ -1,5 +1,6 @@
 """The agent: listens on the user's socket and hands each command to an idle worker, forking a new
-one from itself (with everything imported, and no thread, so the fork is safe) when all are busy.
+one from itself (with paramiko and the core imported, and no thread, so the fork is safe) when all
+are busy.
 It answers `status` and `stop` itself, and exits after its idle time without work."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,8 @@ class _Worker:
 
 
 class Dispatcher:
-    def __init__(self, listener: socket.socket, path: Path, idle: float, *,
-                 preload: Callable[[], object] = lambda: None) -> None:  # fmt: skip
+    def __init__(self, listener: socket.socket, path: Path, idle: float) -> None:
         self.listener = listener
-        self._preload: Callable[[], object] | None = preload
         self.path = path
         self.idle = idle
         self.started_at = time.time()
@@ -138,11 +137,6 @@ class Dispatcher:
 
     def _fork(self, holding: Sequence[int]) -> _Worker:
         """A new worker; `holding` are descriptors of a client the agent holds, which it must not keep."""
-        if self.workers and self._preload is not None:
-            # Only commands at once need a second worker: the first loads what it needs itself,
-            # and a script's commands one after another never wait for this.
-            preload, self._preload = self._preload, None
-            preload()
         ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # the worker: nothing of the dispatcher's is its to use

@@ -1,20 +1,21 @@
 """What the agent remembers of instances between its lives, and the Fleet that uses it.
 
-A new agent has not loaded the SDK yet; loading it costs more than a whole `ssh` command. For its
-very first command only, the agent may skip ECS: an instance the agent saw Running at its last
-DescribeInstances (in this file, per endpoint and region) is taken as it was if it still answers
-SSH at that address with the host key pinned for its id, which nothing but that instance holds.
-Anything else (an instance not remembered, a spot instance, which needs ECS to watch for its
-reclaim, an address that no longer answers, another key) is asked of ECS as always. Every later
-command asks ECS.
+A new worker of the agent has not loaded the SDK: loading it costs more than a whole `ssh`
+command. It loads it in the background after its first command, and until it has, a command may
+skip ECS: an instance the agent saw Running at its last DescribeInstances (in this file, per
+endpoint and region) is taken as it was if it still answers SSH at that address with the host key
+pinned for its id, which nothing but that instance holds. Anything else (an instance not
+remembered, a spot instance, which needs ECS to watch for its reclaim, an address that no longer
+answers, another key) is asked of ECS as always, and once the SDK is loaded every command asks ECS.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -26,6 +27,22 @@ from ..core import Fleet, Instance, PymlsqlError
 from ..core._launch import SPOT_MARKETS
 
 _SDK = "pymlsql_magics.core._ecs"
+# Set once this process has loaded the SDK: from then on every command asks ECS.
+_SDK_LOADED = threading.Event()
+_loading: threading.Thread | None = None
+
+
+def load_sdk_meanwhile() -> None:
+    """Loads the SDK in a thread of its own, once per process, while the worker waits for work."""
+    global _loading
+    if _loading is None and not _SDK_LOADED.is_set():
+        _loading = threading.Thread(target=_load_sdk, name="pymlsql-agent-sdk", daemon=True)
+        _loading.start()
+
+
+def _load_sdk() -> None:
+    importlib.import_module(_SDK)
+    _SDK_LOADED.set()
 
 
 class InstanceMemory:
@@ -79,8 +96,8 @@ def _instance(fields: dict[str, Any]) -> Instance:
 
 
 class RememberingFleet(Fleet):
-    """A Fleet that writes what ECS says of instances to the memory, and for the first command of
-    an agent that has not loaded the SDK, reads it back (see the module's docstring)."""
+    """A Fleet that writes what ECS says of instances to the memory, and while its process has not
+    loaded the SDK, reads it back (see the module's docstring)."""
 
     memory: InstanceMemory | None = None  # set by the worker before its first command
 
@@ -89,6 +106,7 @@ class RememberingFleet(Fleet):
         if recalled is not None:
             return recalled
         found = super().get(instance_ids)
+        _SDK_LOADED.set()  # asking ECS loaded it
         self._remember(found)
         return found
 
@@ -111,7 +129,7 @@ class RememberingFleet(Fleet):
             self.memory.remember(self._place, instances)
 
     def _recall(self, instance_ids: Sequence[str]) -> list[Instance] | None:
-        if self.memory is None or _SDK in sys.modules or "ecs" in self.__dict__:
+        if self.memory is None or _SDK_LOADED.is_set() or "ecs" in self.__dict__:
             return None
         recalled = self.memory.recall(self._place, instance_ids)
         if recalled is None:

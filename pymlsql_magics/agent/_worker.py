@@ -8,7 +8,6 @@ SIGINT. Between commands the worker keeps its Fleets, and so their SSH connectio
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import signal
@@ -20,7 +19,7 @@ from typing import Any, TextIO
 
 from ..core import EcsConfig, Fleet
 from . import _wire
-from ._memory import _SDK, InstanceMemory, RememberingFleet
+from ._memory import InstanceMemory, RememberingFleet, load_sdk_meanwhile
 
 
 class FleetCache:
@@ -73,9 +72,7 @@ class Worker:
                     self._restore()
                     connection.close()
                 _wire.send(self.control, {"done": True})
-                # The first command may have run without the SDK (see _memory); the next ones ask
-                # ECS, so load it now, between commands.
-                threading.Thread(target=importlib.import_module, args=(_SDK,), daemon=True).start()
+                load_sdk_meanwhile()
         finally:
             fleets.close()
 
