@@ -199,13 +199,22 @@ class CopyView(_TextRecord, widgets.VBox):
         self.label = widgets.HTML((_SANDBOX_BADGE if sandbox else "") + html.escape(description))
         super().__init__(children=[self.label, *self.bars.values()])
         self._done: dict[str, str] = {}
-        self._last = 0.0
+        self._shown: dict[str, tuple[int, int]] = {}  # instance id -> (whole percent, total) on its bar
         self._handle = display(self, display_id=True) if live else None
 
     def progress(self, instance_id: str, done: int, total: int) -> None:
+        # Bytes are counted every 64 KiB: a front-end message for each would be thousands per bar, more
+        # than a kernel's channel holds for a client that reads it after the cell (nbval), and a flood
+        # for the browser. A bar moves when its whole percent changes: at most 101 messages per copy.
+        total = max(total, 1)
+        done = min(done, total)
+        shown = (done * 100 // total, total)
+        if self._shown.get(instance_id) == shown:
+            return
+        self._shown[instance_id] = shown
         bar = self.bars[instance_id]
-        bar.max = max(total, 1)
-        bar.value = min(done, bar.max)
+        bar.max = total
+        bar.value = done
 
     def finish(self, results: dict[str, object]) -> None:
         for instance_id, outcome in results.items():

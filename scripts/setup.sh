@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pymlsql-magics needs on a fresh Debian machine: OpenSSH's server (the sandbox's
 # instances are real sshd processes), Chromium and its driver (the browser test runs the widgets in
-# JupyterLab) and a virtualenv in .venv with the package and its test tools.
+# JupyterLab), a Java runtime (the Spark runbook's nodes run Spark; the sandbox's instances share this
+# machine's /usr) and a virtualenv in .venv with the package, its test tools and the runbooks' clients.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,8 @@ cd "$(dirname "$0")/.."
 missing=()
 for pair in /usr/sbin/sshd:openssh-server ssh:openssh-client ssh-keyscan:openssh-client \
             unshare:util-linux nsenter:util-linux setpriv:util-linux pgrep:procps ip:iproute2 \
-            zstd:zstd /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver; do
+            zstd:zstd /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver \
+            java:openjdk-17-jre-headless; do
   command=${pair%%:*} package=${pair#*:}
   if ! command -v "$command" >/dev/null 2>&1 && [ ! -x "$command" ]; then
     missing+=("$package")
@@ -22,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: missing Debian packages: $packages; install them with: sudo apt-get install -y $packages" >&2
     exit 1
   fi
-  echo "setup: installing $packages(sandbox instances are real sshd servers; the browser test uses Chromium)" >&2
+  echo "setup: installing $packages(sandbox instances are real sshd servers; the browser test uses Chromium; Spark runs on Java)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # shellcheck disable=SC2086
@@ -36,6 +38,6 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test,dask]'
+  .venv/bin/python -m pip install -q -e '.[test,dask,spark]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi

@@ -12,7 +12,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from pymlsql_magics.core import EcsConfig, ExecResult, FleetResult, InstanceList, LogSink, TeeSink
 from pymlsql_magics.magics import EcsMagics
 from pymlsql_magics.sandbox import read_info
-from pymlsql_magics.widgets import ExecView
+from pymlsql_magics.widgets import CopyView, ExecView
 
 from .helpers import magics_shell, unique
 
@@ -161,6 +161,21 @@ def test_exec_view_keeps_the_last_lines_and_marks_streams_and_status(tmp_path):
     assert (tmp_path / "log.txt").read_text().count("line") == 5
     bundle = view._repr_mimebundle_()
     assert bundle["text/plain"] == text
+
+
+def test_copy_view_moves_each_bar_by_whole_percents_and_always_reaches_the_end():
+    view = CopyView(["i-a", "i-b"], description="up", sandbox=True, live=True)
+    moves: list[int] = []
+    view.bars["i-a"].observe(lambda change: moves.append(change["new"]), "value")
+    total = 450 * 2**20
+    for done in range(0, total, 1 << 16):  # as a copy reports: every 64 KiB
+        view.progress("i-a", done, total)
+    view.progress("i-a", total, total)
+    assert len(moves) <= 101, len(moves)
+    assert moves[-1] == total and view.bars["i-a"].max == total
+    assert [value * 100 // total for value in moves] == sorted(set(value * 100 // total for value in moves))
+    view.progress("i-b", 1, 3)  # a small copy moves at once
+    assert (view.bars["i-b"].value, view.bars["i-b"].max) == (1, 3)
 
 
 def test_without_credentials_the_magics_use_the_sandbox_and_say_so(monkeypatch, tmp_path, capsys):

@@ -53,7 +53,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 def test_there_are_runbooks_with_release_cells() -> None:
-    assert "dask_cluster.ipynb" in RUNBOOKS
+    assert {"dask_cluster.ipynb", "spark_cluster.ipynb"} <= set(RUNBOOKS)
 
 
 @pytest.mark.parametrize("name", RUNBOOKS)
